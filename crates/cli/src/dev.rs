@@ -1,0 +1,125 @@
+//! `ringkv dev`: a local cluster of real node processes on 127.0.0.1, for trying
+//! ringkv out. Node i (0-based) listens on each base port + i and keeps its data in
+//! `DATA_DIR/node-i`, which survives restarts. Ctrl-C (or SIGTERM) stops every node
+//! gracefully.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+/// How long a node may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+const MAX_NODES: u16 = 16;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Number of nodes (1..=16).
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Parent directory of the nodes' data directories.
+    #[arg(long, default_value = "./ringkv-dev")]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    #[arg(long, default_value_t = 6380)]
+    resp_port: u16,
+    #[arg(long, default_value_t = 7080)]
+    peer_port: u16,
+}
+
+fn port(base: u16, index: u16, name: &str) -> anyhow::Result<u16> {
+    base.checked_add(index)
+        .with_context(|| format!("--{name} {base} + {index} is past 65535"))
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    if !(1..=MAX_NODES).contains(&args.nodes) {
+        bail!("--nodes must be 1..={MAX_NODES}, got {}", args.nodes);
+    }
+    let exe = std::env::current_exe().context("cannot find the ringkv executable")?;
+    let seed = format!("127.0.0.1:{}", args.peer_port);
+    let mut children: Vec<(u16, Child)> = Vec::new();
+    for index in 0..args.nodes {
+        let http = format!("127.0.0.1:{}", port(args.http_port, index, "http-port")?);
+        let resp = format!("127.0.0.1:{}", port(args.resp_port, index, "resp-port")?);
+        let peer = format!("127.0.0.1:{}", port(args.peer_port, index, "peer-port")?);
+        let data_dir = args.data_dir.join(format!("node-{index}"));
+        let mut command = Command::new(&exe);
+        command
+            .arg("server")
+            .args(["--node-id", &index.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--http-addr", &http, "--resp-addr", &resp, "--peer-addr", &peer]);
+        if index > 0 {
+            command.args(["--seeds", &seed]);
+        }
+        match command.spawn() {
+            Ok(child) => children.push((index, child)),
+            Err(error) => {
+                stop_all(&mut children);
+                return Err(error).context(format!("cannot start node {index}"));
+            }
+        }
+        println!("node {index}: http://{http}  resp {resp}  peer {peer}  data {}", data_dir.display());
+    }
+    println!("ringkv dev cluster of {} node(s) running; Ctrl-C stops it (data stays)", args.nodes);
+    println!("try: curl -X PUT -d '{{\"value\":\"hello\"}}' http://127.0.0.1:{}/v1/kv/greeting", args.http_port);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(watch(&mut children));
+    stop_all(&mut children);
+    outcome
+}
+
+/// Waits for Ctrl-C / SIGTERM, or for a node to exit on its own (an error).
+async fn watch(children: &mut [(u16, Child)]) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+            _ = int.recv() => return Ok(ExitCode::SUCCESS),
+            _ = tick.tick() => {
+                for (index, child) in children.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        eprintln!("node {index} exited ({status}); stopping the others");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to every running node, then SIGKILL to any still running after the grace.
+fn stop_all(children: &mut [(u16, Child)]) {
+    for (_, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) with a pid of a child we spawned and have not reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for (index, child) in children.iter_mut() {
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            eprintln!("node {index} did not stop within {STOP_GRACE:?}; killing it");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    println!("ringkv dev cluster stopped");
+}

@@ -1,0 +1,71 @@
+//! `ringkv`: the one binary. Runs a node (`server`), a local cluster (`dev`), and
+//! talks to a cluster over HTTP (`put`, `get`, `delete`, `status`).
+
+mod dev;
+mod kv;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ringkv", version, about = "A Dynamo-style distributed key-value store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node. Every flag is also a TOML key and a RINGKV_* variable.
+    Server(ringkv_server::config::ServerArgs),
+    /// Run a local cluster: node i (0-based) on port + i, one process per node.
+    Dev(dev::DevArgs),
+    /// Write a value.
+    Put(kv::PutArgs),
+    /// Read a value.
+    Get(kv::GetArgs),
+    /// Delete a key.
+    Delete(kv::DeleteArgs),
+    /// Show the cluster's nodes and their status.
+    Status(kv::UrlArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => server(args),
+        Command::Dev(args) => dev::run(args),
+        Command::Put(args) => kv::put(args),
+        Command::Get(args) => kv::get(args),
+        Command::Delete(args) => kv::delete(args),
+        Command::Status(args) => kv::status(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn server(args: ringkv_server::config::ServerArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = ringkv_server::config::load(&args)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(ringkv_server::run(config))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

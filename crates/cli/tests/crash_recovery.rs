@@ -1,0 +1,121 @@
+//! The real `ringkv` binary, SIGKILLed while many clients write: every write it
+//! acknowledged must be there after a restart on the same data directory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Clients writing at once, and the acknowledged writes to collect before the kill.
+const CLIENTS: usize = 32;
+const ACKED_BEFORE_KILL: usize = 1_200;
+
+/// Starts a node on an OS-chosen loopback port; returns it and its base URL.
+fn start_node(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["server", "--node-id", "1", "--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ringkv starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("node prints its address");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|addr| addr.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    (child, format!("http://{addr}"))
+}
+
+fn sigkill(child: &mut Child) {
+    let pid = i32::try_from(child.id()).expect("pid fits i32");
+    // SAFETY: kill(2) on the pid of our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    child.wait().expect("child is reaped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_node(dir.path());
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+
+    let mut writers = tokio::task::JoinSet::new();
+    for client_id in 0..CLIENTS {
+        let (client, base, acked) = (client.clone(), base.clone(), acked.clone());
+        writers.spawn(async move {
+            // Bounded: stops at the first failure (the kill) or the deadline.
+            for seq in 0..100_000u32 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let key = format!("c{client_id}/k{seq}");
+                let value = format!("value-{client_id}-{seq}");
+                let sent = client
+                    .put(format!("{base}/v1/kv/{key}"))
+                    .json(&serde_json::json!({"value": value}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 200 => {
+                        acked.lock().unwrap().push((key, value));
+                    }
+                    _ => break,
+                }
+            }
+        });
+    }
+    while acked.lock().unwrap().len() < ACKED_BEFORE_KILL {
+        assert!(Instant::now() < deadline, "node too slow: {} acks", acked.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Kill while writes are in flight.
+    sigkill(&mut child);
+    while writers.join_next().await.is_some() {}
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= ACKED_BEFORE_KILL);
+
+    let (mut child, base) = start_node(dir.path());
+    let mut missing = Vec::new();
+    for (key, value) in &acked {
+        let response = client.get(format!("{base}/v1/kv/{key}")).send().await.unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if status != 200 || body["value"] != value.as_str() {
+            missing.push((key.clone(), status, body));
+        }
+    }
+    sigkill(&mut child);
+    assert!(missing.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+}
+
+/// `--print-config` shows the effective configuration, and a bad value stops start-up
+/// with a message naming the key.
+#[test]
+fn print_config_and_bad_config() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["server", "--print-config", "--replication-factor", "5"])
+        .env("RINGKV_HTTP_ADDR", "127.0.0.1:9999")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("replication_factor = 5"), "{text}");
+    assert!(text.contains("http_addr = \"127.0.0.1:9999\""), "{text}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["server", "--durability", "sometimes"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(text.contains("durability"), "{text}");
+}

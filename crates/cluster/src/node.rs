@@ -1,0 +1,262 @@
+//! The local replica: applies versioned writes to the engine and reads records back.
+//!
+//! A write is a DVV `update` inside one atomic read-modify-write of the key, so two
+//! writes racing on one key both land (as siblings) instead of one overwriting the
+//! other. Its durability is a separate step (`Written::durable`), so many writes can
+//! share one fsync (group commit in `ringkv-storage`).
+//!
+//! All methods block on storage: callers on an async runtime run them off it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::{ActorId, Body, ConflictPolicy, Context, HlcClock, Key, Record, Sibling};
+use ringkv_storage::{Engine, StorageError, SyncWait};
+
+use crate::Clock;
+
+/// What a write stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteBody {
+    Value(Bytes),
+    Delete,
+}
+
+/// One client write, validated at the edge.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub key: Key,
+    pub body: WriteBody,
+    /// The version the client read (empty for a blind write): the write supersedes
+    /// exactly what it names.
+    pub seen: Context,
+    /// Time to live; `None` keeps the value until it is overwritten or deleted.
+    pub ttl: Option<Duration>,
+}
+
+/// A write applied to the engine, not yet necessarily durable.
+pub struct Written {
+    /// What the writer now knows: the version it sent plus its own write. A later
+    /// write carrying it supersedes this write, and nothing the writer never saw.
+    pub version: Context,
+    /// Resolves when the write is durable (per the engine's durability setting).
+    pub durable: SyncWait,
+}
+
+/// Why a node could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("ttl of {ttl_secs} s puts the expiry past the end of time")]
+    TtlOverflow { ttl_secs: u64 },
+}
+
+/// One node's replica of the data.
+pub struct Node {
+    engine: Arc<dyn Engine>,
+    clock: Arc<dyn Clock>,
+    hlc: Mutex<HlcClock>,
+    actor: ActorId,
+    policy: ConflictPolicy,
+}
+
+impl Node {
+    /// `actor` must be unique to this data directory's incarnation (see `ActorId`).
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        clock: Arc<dyn Clock>,
+        actor: ActorId,
+        policy: ConflictPolicy,
+    ) -> Node {
+        Node {
+            engine,
+            clock,
+            hlc: Mutex::new(HlcClock::default()),
+            actor,
+            policy,
+        }
+    }
+
+    pub fn policy(&self) -> ConflictPolicy {
+        self.policy
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The stored record of `key`, tombstones and expired versions included.
+    ///
+    /// # Errors
+    /// Storage errors, including a corrupt stored record.
+    pub fn read(&self, key: &Key) -> Result<Option<Record>, NodeError> {
+        Ok(self.engine.get(key)?)
+    }
+
+    /// Applies a write as a new version of its key.
+    ///
+    /// Under `ConflictPolicy::Lww` the write also supersedes every version this node
+    /// holds for the key, so siblings only come from writes coordinated elsewhere at
+    /// the same time.
+    ///
+    /// # Errors
+    /// Storage errors (the write was not applied) or a ttl past the end of time.
+    pub fn write(&self, write: Write) -> Result<Written, NodeError> {
+        let now_ms = self.clock.now_ms();
+        let expires_at_ms = match write.ttl {
+            None => None,
+            Some(ttl) => Some(
+                u64::try_from(ttl.as_millis())
+                    .ok()
+                    .and_then(|ttl_ms| now_ms.checked_add(ttl_ms))
+                    .ok_or(NodeError::TtlOverflow {
+                        ttl_secs: ttl.as_secs(),
+                    })?,
+            ),
+        };
+        let body = match write.body {
+            WriteBody::Value(bytes) => Body::Bytes(bytes),
+            WriteBody::Delete => Body::Tombstone,
+        };
+        let mut version = write.seen.clone();
+        let mut written = None;
+        self.engine.apply(&write.key, &mut |stored| {
+            let mut record = stored.unwrap_or_default();
+            let mut seen = write.seen.clone();
+            if self.policy == ConflictPolicy::Lww {
+                seen.join(record.context());
+            }
+            let hlc = {
+                let mut clock = self.hlc.lock().expect("hlc lock is never poisoned");
+                if let Some(max) = record.max_hlc() {
+                    clock.observe(max);
+                }
+                clock.now(now_ms)
+            };
+            let sibling = Sibling {
+                hlc,
+                expires_at_ms,
+                body: body.clone(),
+            };
+            let dot = record.update(&seen, self.actor, sibling);
+            seen.insert(dot);
+            written = Some(seen);
+            Some(record)
+        })?;
+        if let Some(seen) = written {
+            version = seen;
+        }
+        Ok(Written {
+            version,
+            durable: self.engine.sync(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_core::{Limits, ReadView};
+    use ringkv_storage::MemoryEngine;
+
+    use crate::ManualClock;
+
+    fn node(policy: ConflictPolicy) -> (Node, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let node = Node::new(Arc::new(MemoryEngine::new()), clock.clone(), ActorId(1), policy);
+        (node, clock)
+    }
+
+    fn key(raw: &'static str) -> Key {
+        Key::parse(raw, &Limits::default()).unwrap()
+    }
+
+    fn put(node: &Node, k: &'static str, value: &'static str, seen: &Context) -> Context {
+        let written = node
+            .write(Write {
+                key: key(k),
+                body: WriteBody::Value(Bytes::from_static(value.as_bytes())),
+                seen: seen.clone(),
+                ttl: None,
+            })
+            .unwrap();
+        written.durable.wait().unwrap();
+        written.version
+    }
+
+    fn bodies(node: &Node, k: &'static str) -> Vec<Bytes> {
+        let record = node.read(&key(k)).unwrap().unwrap_or_default();
+        match record.view(node.policy(), node.now_ms()) {
+            ReadView::Absent => vec![],
+            ReadView::Value(s) => vec![body(s)],
+            ReadView::Siblings(all) => all.into_iter().map(body).collect(),
+        }
+    }
+
+    fn body(sibling: &Sibling) -> Bytes {
+        match &sibling.body {
+            Body::Bytes(b) => b.clone(),
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+
+    #[test]
+    fn blind_writes_become_siblings_and_a_versioned_write_resolves_them() {
+        let (node, _) = node(ConflictPolicy::Siblings);
+        put(&node, "k", "a", &Context::default());
+        let v2 = put(&node, "k", "b", &Context::default());
+        assert_eq!(bodies(&node, "k"), ["a", "b"]);
+        // The version from writing "b" covers only "b": "a" stays.
+        put(&node, "k", "c", &v2);
+        assert_eq!(bodies(&node, "k"), ["a", "c"]);
+        let read = node.read(&key("k")).unwrap().unwrap().context().clone();
+        put(&node, "k", "d", &read);
+        assert_eq!(bodies(&node, "k"), ["d"]);
+    }
+
+    #[test]
+    fn lww_write_supersedes_what_the_node_holds() {
+        let (node, _) = node(ConflictPolicy::Lww);
+        put(&node, "k", "a", &Context::default());
+        put(&node, "k", "b", &Context::default());
+        assert_eq!(node.read(&key("k")).unwrap().unwrap().len(), 1);
+        assert_eq!(bodies(&node, "k"), ["b"]);
+    }
+
+    #[test]
+    fn ttl_expires_and_delete_hides() {
+        let (node, clock) = node(ConflictPolicy::Siblings);
+        let written = node
+            .write(Write {
+                key: key("t"),
+                body: WriteBody::Value(Bytes::from_static(b"x")),
+                seen: Context::default(),
+                ttl: Some(Duration::from_secs(2)),
+            })
+            .unwrap();
+        written.durable.wait().unwrap();
+        assert_eq!(bodies(&node, "t"), ["x"]);
+        clock.advance(2_000);
+        assert!(bodies(&node, "t").is_empty());
+
+        let v = put(&node, "d", "x", &Context::default());
+        node.write(Write { key: key("d"), body: WriteBody::Delete, seen: v, ttl: None })
+            .unwrap();
+        assert!(bodies(&node, "d").is_empty());
+        assert_eq!(node.read(&key("d")).unwrap().unwrap().len(), 1, "tombstone kept");
+    }
+
+    #[test]
+    fn absurd_ttl_is_an_error() {
+        let (node, _) = node(ConflictPolicy::Siblings);
+        let result = node.write(Write {
+            key: key("t"),
+            body: WriteBody::Value(Bytes::new()),
+            seen: Context::default(),
+            ttl: Some(Duration::from_secs(u64::MAX)),
+        });
+        assert!(matches!(result, Err(NodeError::TtlOverflow { .. })));
+    }
+}

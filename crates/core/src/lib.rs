@@ -1,0 +1,29 @@
+//! ringkv core: the pure types and algorithms every other crate shares.
+//!
+//! It is: keys and tokens, the hybrid logical clock, causality (dots, contexts, the
+//! DVV set), records and their byte formats. It is not: I/O, async, clocks or
+//! randomness of its own; every input (wall time, bytes) is passed in.
+//!
+//! * `key`: `Key` (validated 1..=`max_key_bytes`), `Limits`.
+//! * `token`: `Token` (xxh3-128 of the key), `TokenRange`.
+//! * `hlc`: `Hlc`, `HlcClock`.
+//! * `dvv`: `ActorId`, `Dot`, `Context`, `DvvSet` with `sync` / `update`.
+//! * `record`: `Record` (siblings of a key), `Sibling`, `Body`, `ReadView`, `ConflictPolicy`.
+//! * `codec`: the stored record format and the client version token.
+//!
+//! Limits: keys ≤ `MAX_KEY_BYTES` (32 KiB) whatever the config says; version tokens ≤
+//! `MAX_VERSION_TOKEN_LEN`; dot counters ≤ `MAX_COUNTER`.
+
+pub mod codec;
+pub mod dvv;
+pub mod hlc;
+pub mod key;
+pub mod record;
+pub mod token;
+
+pub use codec::{DecodeRecordError, MAX_VERSION_TOKEN_LEN, ParseVersionError};
+pub use dvv::{ActorId, Context, Dot, DvvSet, MAX_COUNTER};
+pub use hlc::{Hlc, HlcClock};
+pub use key::{Key, Limits, MAX_KEY_BYTES, ParseKeyError};
+pub use record::{Body, ConflictPolicy, ReadView, Record, Sibling};
+pub use token::{Token, TokenRange};

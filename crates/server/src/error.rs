@@ -1,0 +1,83 @@
+//! Errors as the HTTP API shows them: `{"error": {"code": "...", "message": "..."}}`
+//! with the status codes of DESIGN.md §7.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ringkv_cluster::NodeError;
+use ringkv_storage::StorageError;
+
+/// An answer that is not a success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("key not found")]
+    NotFound,
+    #[error(
+        "{acked} of {required} required replicas acknowledged{}",
+        if *write { "; the write may have been applied on some replicas" } else { "" }
+    )]
+    QuorumUnavailable { acked: u8, required: u8, write: bool },
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::QuorumUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Corrupt(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::NotFound => "not_found",
+            ApiError::QuorumUnavailable { .. } => "quorum_unavailable",
+            ApiError::Corrupt(_) => "corrupt_record",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest(message.into())
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(error: NodeError) -> ApiError {
+        match error {
+            NodeError::Storage(StorageError::Corrupt { key, reason }) => {
+                ApiError::Corrupt(format!("key \"{key}\": {reason}"))
+            }
+            NodeError::TtlOverflow { .. } => ApiError::InvalidRequest(error.to_string()),
+            NodeError::Storage(other) => ApiError::Internal(format!("storage error: {other}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::warn!(code = self.code(), "request failed: {self}");
+        }
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        });
+        (self.status(), Json(body)).into_response()
+    }
+}

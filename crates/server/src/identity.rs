@@ -1,0 +1,85 @@
+//! Who this node is, kept in the data directory: the node id (configured or made up
+//! on first start) and the actor id that stamps this incarnation's writes.
+//!
+//! The actor id is new whenever the data directory is new: a node that lost its disk
+//! must not reissue dots it issued before (see `ringkv_core::ActorId`).
+
+use std::hash::{BuildHasher, Hasher};
+
+use ringkv_core::ActorId;
+use ringkv_storage::{Engine, StorageError};
+
+const NODE_ID: &str = "node_id";
+const ACTOR_ID: &str = "actor_id";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub node_id: u64,
+    pub actor: ActorId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(
+        "the data directory belongs to node {stored}, but node_id = {configured} was configured; \
+         use that node's own data_dir or remove the node_id setting"
+    )]
+    NodeIdMismatch { stored: u64, configured: u64 },
+    #[error("stored {name} is corrupt ({len} bytes, expected 8)")]
+    Corrupt { name: &'static str, len: usize },
+}
+
+/// A random u64 from the OS-seeded hasher keys (no extra dependency for one number).
+fn random_u64() -> u64 {
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+fn stored_u64(engine: &dyn Engine, name: &'static str) -> Result<Option<u64>, IdentityError> {
+    match engine.meta_get(name)? {
+        None => Ok(None),
+        Some(raw) => {
+            let bytes: [u8; 8] = raw
+                .as_slice()
+                .try_into()
+                .map_err(|_| IdentityError::Corrupt { name, len: raw.len() })?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        }
+    }
+}
+
+/// Loads this node's identity, creating what is missing (durably).
+///
+/// # Errors
+/// Storage errors, corrupt metadata, or a configured node id that differs from the
+/// one the data directory was created with.
+pub fn load(engine: &dyn Engine, configured: Option<u64>) -> Result<Identity, IdentityError> {
+    let node_id = match (stored_u64(engine, NODE_ID)?, configured) {
+        (Some(stored), Some(configured)) if stored != configured => {
+            return Err(IdentityError::NodeIdMismatch { stored, configured });
+        }
+        (Some(stored), _) => stored,
+        (None, wanted) => {
+            let id = wanted.unwrap_or_else(random_u64);
+            engine.meta_put(NODE_ID, &id.to_be_bytes())?;
+            id
+        }
+    };
+    let actor = match stored_u64(engine, ACTOR_ID)? {
+        Some(actor) => actor,
+        None => {
+            let actor = random_u64();
+            engine.meta_put(ACTOR_ID, &actor.to_be_bytes())?;
+            actor
+        }
+    };
+    Ok(Identity { node_id, actor: ActorId(actor) })
+}

@@ -1,0 +1,206 @@
+//! Parsing what a client sends to `/v1/kv/{key}`: the key from the path, the query
+//! parameters, the body under a size limit, and the version token. Everything from
+//! outside is checked here, once; handlers get typed values.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use percent_encoding::percent_decode_str;
+use ringkv_cluster::Quorum;
+use ringkv_core::{Context, Key, Limits};
+
+use crate::error::ApiError;
+
+/// The header that carries a version token for raw (`application/octet-stream`) bodies.
+pub const VERSION_HEADER: &str = "x-ringkv-version";
+/// Longest ttl accepted: ten years. Longer is almost surely a unit mistake.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+const KV_PREFIX: &str = "/v1/kv/";
+
+/// The key named by a `/v1/kv/{key}` path: the rest of the path, percent-decoded to
+/// bytes (so keys may contain `/` and need not be UTF-8).
+pub fn key_from_path(path: &str, limits: &Limits) -> Result<Key, ApiError> {
+    let raw = path.strip_prefix(KV_PREFIX).unwrap_or("");
+    let bytes: Vec<u8> = percent_decode_str(raw).collect();
+    Key::parse(bytes, limits).map_err(|error| match error {
+        ringkv_core::ParseKeyError::TooLong { .. } => ApiError::TooLarge(error.to_string()),
+        ringkv_core::ParseKeyError::Empty => ApiError::invalid(error.to_string()),
+    })
+}
+
+/// The query parameters of a request, each at most once, only the known ones.
+pub struct Query(BTreeMap<String, String>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
+        let mut params = BTreeMap::new();
+        for pair in raw.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = percent_decode_str(name).decode_utf8_lossy().into_owned();
+            let value = percent_decode_str(&value.replace('+', " "))
+                .decode_utf8()
+                .map_err(|_| ApiError::invalid(format!("query parameter `{name}` is not UTF-8")))?
+                .into_owned();
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{name}` (allowed: {})",
+                    allowed.join(", ")
+                )));
+            }
+            if params.insert(name.clone(), value).is_some() {
+                return Err(ApiError::invalid(format!("query parameter `{name}` given twice")));
+            }
+        }
+        Ok(Query(params))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// The quorum asked for with `name` (`r` or `w`) or `consistency`; `None` when
+    /// neither is given.
+    pub fn quorum(&self, name: &'static str) -> Result<Option<Quorum>, ApiError> {
+        match (self.get(name), self.get("consistency")) {
+            (Some(_), Some(_)) => Err(ApiError::invalid(format!(
+                "give either `{name}` or `consistency`, not both"
+            ))),
+            (Some(count), None) => count
+                .parse::<u8>()
+                .ok()
+                .filter(|count| *count >= 1)
+                .map(|count| Some(Quorum::Exactly(count)))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("`{name}` must be an integer ≥ 1, got \"{count}\""))
+                }),
+            (None, Some("one")) => Ok(Some(Quorum::One)),
+            (None, Some("quorum")) => Ok(Some(Quorum::Majority)),
+            (None, Some("all")) => Ok(Some(Quorum::All)),
+            (None, Some(other)) => Err(ApiError::invalid(format!(
+                "`consistency` must be one, quorum or all, got \"{other}\""
+            ))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `?ttl=` in seconds, if given.
+    pub fn ttl(&self) -> Result<Option<Duration>, ApiError> {
+        self.get("ttl")
+            .map(|raw| {
+                raw.parse::<u64>()
+                    .map_err(|_| ApiError::invalid(format!("`ttl` must be whole seconds, got \"{raw}\"")))
+                    .and_then(ttl_from_secs)
+            })
+            .transpose()
+    }
+}
+
+/// Checks a ttl in seconds: 1..=`MAX_TTL_SECS`.
+pub fn ttl_from_secs(secs: u64) -> Result<Duration, ApiError> {
+    if secs == 0 || secs > MAX_TTL_SECS {
+        return Err(ApiError::invalid(format!(
+            "`ttl` must be 1..={MAX_TTL_SECS} seconds, got {secs}"
+        )));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses a version token from a client.
+pub fn version_from_token(token: &str) -> Result<Context, ApiError> {
+    Context::from_token(token).map_err(|error| ApiError::invalid(error.to_string()))
+}
+
+/// The version token in the `X-Ringkv-Version` header, if any.
+pub fn version_header(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
+    headers
+        .get(VERSION_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| ApiError::invalid("X-Ringkv-Version is not ASCII"))
+                .and_then(version_from_token)
+        })
+        .transpose()
+}
+
+/// Whether the request's `Content-Type` says raw bytes.
+pub fn is_octet_stream(headers: &HeaderMap) -> bool {
+    media_type(headers.get(header::CONTENT_TYPE)) == Some("application/octet-stream")
+}
+
+/// Whether the client asked for raw bytes back.
+pub fn accepts_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| {
+            accept
+                .split(',')
+                .any(|item| item.split(';').next().map(str::trim) == Some("application/octet-stream"))
+        })
+}
+
+fn media_type(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
+    value
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(str::trim)
+}
+
+/// Reads a request body of at most `limit` bytes. A body announced or found larger
+/// is refused with 413 as soon as that is known, before it is buffered whole.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("request body is larger than {limit} bytes"));
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => Err(ApiError::invalid(format!("could not read request body: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_decoded_bytes() {
+        let limits = Limits::default();
+        let key = key_from_path("/v1/kv/a%2Fb/c%FF", &limits).unwrap();
+        assert_eq!(key.as_bytes(), b"a/b/c\xff");
+        assert!(matches!(key_from_path("/v1/kv/", &limits), Err(ApiError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn query_rejects_unknown_and_repeated_parameters() {
+        assert!(Query::parse(Some("r=1&bogus=2"), &["r"]).is_err());
+        assert!(Query::parse(Some("r=1&r=2"), &["r"]).is_err());
+        let query = Query::parse(Some("r=2"), &["r", "consistency"]).unwrap();
+        assert_eq!(query.quorum("r").unwrap(), Some(Quorum::Exactly(2)));
+        let both = Query::parse(Some("r=2&consistency=all"), &["r", "consistency"]).unwrap();
+        assert!(both.quorum("r").is_err());
+        let bad = Query::parse(Some("consistency=most"), &["consistency"]).unwrap();
+        assert!(bad.quorum("r").is_err());
+        let zero = Query::parse(Some("w=0"), &["w"]).unwrap();
+        assert!(zero.quorum("w").is_err());
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        assert!(ttl_from_secs(0).is_err());
+        assert!(ttl_from_secs(MAX_TTL_SECS + 1).is_err());
+        assert_eq!(ttl_from_secs(5).unwrap(), Duration::from_secs(5));
+        let negative = Query::parse(Some("ttl=-1"), &["ttl"]).unwrap();
+        assert!(negative.ttl().is_err());
+    }
+}

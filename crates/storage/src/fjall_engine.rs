@@ -1,0 +1,246 @@
+//! `FjallEngine`: records in a fjall LSM tree, made durable by group commit.
+//!
+//! One keyspace `data` holds every record under its storage key (DESIGN.md §5: one
+//! keyspace, not one per vnode, because idle keyspaces pin journals); `meta` holds
+//! node metadata. fjall is opened with `manual_journal_persist`, so a write only
+//! appends to the journal's in-process buffer: nothing reaches the disk per write,
+//! and the syncer thread's `persist` is what makes writes durable.
+
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use ringkv_core::{Key, Record, TokenRange};
+
+use crate::group_commit::{GroupCommit, SyncStats};
+use crate::stripes::Stripes;
+use crate::{Durability, Engine, StorageError, SyncWait, check_meta, decode_record, storage_key};
+
+/// Keyspace of the records.
+const DATA_KEYSPACE: &str = "data";
+/// Keyspace of the node metadata.
+const META_KEYSPACE: &str = "meta";
+
+/// How to open a `FjallEngine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FjallOptions {
+    /// What `sync` waits for.
+    pub durability: Durability,
+    /// Block cache size, shared by both keyspaces.
+    pub cache_bytes: u64,
+}
+
+impl Default for FjallOptions {
+    fn default() -> FjallOptions {
+        FjallOptions {
+            durability: Durability::Fsync,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The production engine. Blocking; share it as `Arc<dyn Engine>`. Dropping it (or
+/// `close`) persists every write and stops the syncer thread.
+pub struct FjallEngine {
+    path: PathBuf,
+    durability: Durability,
+    db: Database,
+    data: Keyspace,
+    meta: Keyspace,
+    stripes: Stripes,
+    group_commit: GroupCommit,
+}
+
+impl FjallEngine {
+    /// Opens (or creates) the engine in directory `path`, replaying its journal.
+    ///
+    /// # Errors
+    /// `Locked` when another process holds `path`; `Open` when it cannot be opened or
+    /// recovered; `Io` when the syncer thread cannot start.
+    pub fn open(path: &Path, options: FjallOptions) -> Result<FjallEngine, StorageError> {
+        let open_error = |error: fjall::Error| match error {
+            fjall::Error::Locked => StorageError::Locked {
+                path: path.to_path_buf(),
+            },
+            other => StorageError::Open {
+                path: path.to_path_buf(),
+                reason: other.to_string(),
+            },
+        };
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(open_error)?;
+        let data = db
+            .keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(open_error)?;
+        let meta = db
+            .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(open_error)?;
+        let mode = match options.durability {
+            Durability::Fsync => PersistMode::SyncData,
+            Durability::Buffered => PersistMode::Buffer,
+        };
+        let syncer_db = db.clone();
+        let group_commit = GroupCommit::start(Box::new(move || {
+            syncer_db
+                .persist(mode)
+                .map_err(|error| StorageError::from_fjall("journal persist", error))
+        }))?;
+        tracing::info!(path = %path.display(), durability = ?options.durability, "storage opened");
+        Ok(FjallEngine {
+            path: path.to_path_buf(),
+            durability: options.durability,
+            db,
+            data,
+            meta,
+            stripes: Stripes::new(),
+            group_commit,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// What group commit has done so far: persists, callers served, writes covered.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.group_commit.stats()
+    }
+
+    /// Persists every write, then stops the syncer thread. Later writes and syncs of
+    /// new writes return `Closed`; reads still work. Idempotent; `Drop` calls it.
+    pub fn close(&self) {
+        self.group_commit.close();
+    }
+
+    /// Stores `raw` as the record of `key`, unchecked: for tests of corrupt records.
+    ///
+    /// # Errors
+    /// As `apply`.
+    #[doc(hidden)]
+    pub fn insert_raw_for_test(&self, key: &Key, raw: &[u8]) -> Result<(), StorageError> {
+        let stored = storage_key::encode(key)?;
+        self.write_checked()?;
+        self.data
+            .insert(stored, raw)
+            .map_err(|error| StorageError::from_fjall("write", error))?;
+        self.group_commit.record_write();
+        Ok(())
+    }
+
+    /// Refuses writes once the engine closed or a persist failed.
+    fn write_checked(&self) -> Result<(), StorageError> {
+        match self.group_commit.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for FjallEngine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, key: &Key) -> Result<Option<Record>, StorageError> {
+        let stored = storage_key::encode(key)?;
+        let raw = self
+            .data
+            .get(&stored)
+            .map_err(|error| StorageError::from_fjall("read", error))?;
+        raw.map(|raw| decode_record(key, &raw)).transpose()
+    }
+
+    fn apply(
+        &self,
+        key: &Key,
+        change: &mut dyn FnMut(Option<Record>) -> Option<Record>,
+    ) -> Result<Option<Record>, StorageError> {
+        let stored = storage_key::encode(key)?;
+        self.write_checked()?;
+        let _locked = self.stripes.lock(key.token());
+        let raw = self
+            .data
+            .get(&stored)
+            .map_err(|error| StorageError::from_fjall("read", error))?;
+        let current = raw
+            .as_ref()
+            .map(|raw| decode_record(key, raw))
+            .transpose()?;
+        let Some(next) = change(current) else {
+            // Unchanged: decode again rather than clone every record on the write path.
+            return raw.map(|raw| decode_record(key, &raw)).transpose();
+        };
+        self.data
+            .insert(stored, next.encode())
+            .map_err(|error| StorageError::from_fjall("write", error))?;
+        self.group_commit.record_write();
+        Ok(Some(next))
+    }
+
+    fn scan(
+        &self,
+        range: TokenRange,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<(Key, Record)>, StorageError> {
+        let Some(bounds) = storage_key::scan_bounds(range, after) else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::with_capacity(limit.min(1024));
+        for guard in self.data.range::<Vec<u8>, _>(bounds).take(limit) {
+            let (stored, raw) = guard
+                .into_inner()
+                .map_err(|error| StorageError::from_fjall("scan", error))?;
+            let (token, key) = storage_key::decode(&stored)?;
+            debug_assert!(range.contains(token));
+            let record = decode_record(&key, &raw)?;
+            found.push((key, record));
+        }
+        Ok(found)
+    }
+
+    fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        let stored = storage_key::encode(key)?;
+        self.write_checked()?;
+        let _locked = self.stripes.lock(key.token());
+        self.data
+            .remove(stored)
+            .map_err(|error| StorageError::from_fjall("delete", error))?;
+        self.group_commit.record_write();
+        Ok(())
+    }
+
+    fn sync(&self) -> SyncWait {
+        self.group_commit.sync()
+    }
+
+    fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        check_meta(name, None)?;
+        let value = self
+            .meta
+            .get(name.as_bytes())
+            .map_err(|error| StorageError::from_fjall("metadata read", error))?;
+        Ok(value.map(|value| value.to_vec()))
+    }
+
+    fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        check_meta(name, Some(value))?;
+        self.write_checked()?;
+        self.meta
+            .insert(name.as_bytes(), value)
+            .map_err(|error| StorageError::from_fjall("metadata write", error))?;
+        // Metadata (node and actor ids) must survive power loss whatever `durability`
+        // says: a reused actor id would corrupt causality. Rare, so no group commit.
+        self.db
+            .persist(PersistMode::SyncData)
+            .map_err(|error| StorageError::from_fjall("metadata persist", error))
+    }
+}

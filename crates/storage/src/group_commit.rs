@@ -1,0 +1,375 @@
+//! Group commit: one syncer thread makes many writes durable with one persist
+//! (DESIGN.md §5).
+//!
+//! Writers count each applied write (`record_write`). A `sync` call takes the count at
+//! that moment as its target and queues a waiter. The syncer takes every queued
+//! waiter, reads the count again (it covers every target taken so far), persists
+//! once, marks that count durable and answers the whole batch. While it persists, new
+//! waiters queue up for the next batch, so N concurrent writers share about one
+//! fdatasync instead of paying N. A waiter whose target is already durable is answered
+//! at once, without a syscall.
+//!
+//! A failed persist is reported to every waiter of its batch and to every later sync:
+//! what reached the disk is unknown, so the engine stops acknowledging writes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::{StorageError, SyncWait};
+
+/// Most waiters queued for one persist. A `sync` beyond it blocks until the syncer
+/// takes the queue (backpressure; counted in `ringkv_storage_sync_queue_full_total`).
+pub const MAX_QUEUED_SYNCS: usize = 64 * 1024;
+
+/// What the syncer has done since the engine opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncStats {
+    /// Persist calls (fdatasync under `Durability::Fsync`).
+    pub syncs: u64,
+    /// `sync` callers answered by those persists.
+    pub waiters_served: u64,
+    /// Writes those persists made durable.
+    pub writes_synced: u64,
+}
+
+/// Makes the engine's writes durable; called by the syncer thread only.
+pub type Persist = Box<dyn FnMut() -> Result<(), StorageError> + Send + 'static>;
+
+pub struct GroupCommit {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    /// Writes applied so far.
+    written: AtomicU64,
+    /// Writes known durable: a prefix of `written`.
+    durable: AtomicU64,
+    /// Set once a persist failed; `Queue::failure` says why.
+    failed: AtomicBool,
+    /// Set by `close`: writes are refused from then on.
+    closed: AtomicBool,
+    queue: Mutex<Queue>,
+    /// Wakes the syncer when a waiter queues or the engine closes.
+    work: Condvar,
+    /// Wakes `sync` callers blocked on a full queue.
+    space: Condvar,
+    syncs: AtomicU64,
+    waiters_served: AtomicU64,
+    writes_synced: AtomicU64,
+}
+
+struct Queue {
+    waiters: Vec<Waiter>,
+    phase: Phase,
+    failure: Option<StorageError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// `close` was called: serve what is queued, persist a last time, stop.
+    Closing,
+    Closed,
+}
+
+struct Waiter {
+    target: u64,
+    answer: oneshot::Sender<Result<(), StorageError>>,
+}
+
+impl GroupCommit {
+    /// Starts the syncer thread, which calls `persist` for every batch.
+    ///
+    /// # Errors
+    /// `Io` when the thread cannot be spawned.
+    pub fn start(persist: Persist) -> Result<GroupCommit, StorageError> {
+        let shared = Arc::new(Shared {
+            written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            queue: Mutex::new(Queue {
+                waiters: Vec::new(),
+                phase: Phase::Running,
+                failure: None,
+            }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            syncs: AtomicU64::new(0),
+            waiters_served: AtomicU64::new(0),
+            writes_synced: AtomicU64::new(0),
+        });
+        let for_thread = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("ringkv-syncer".into())
+            .spawn(move || for_thread.run(persist))
+            .map_err(|error| StorageError::Io {
+                operation: "start the syncer thread",
+                reason: error.to_string(),
+            })?;
+        Ok(GroupCommit {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Counts one applied write; call it after the write reached the engine.
+    pub fn record_write(&self) {
+        self.shared.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Why writes must stop, once a persist failed or the engine closed. Two atomic
+    /// loads on the write path; the queue lock only after a failure.
+    pub fn refusal(&self) -> Option<StorageError> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return self.shared.lock_queue().failure.clone();
+        }
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Some(StorageError::Closed);
+        }
+        None
+    }
+
+    /// Resolves once every write recorded before this call is durable.
+    pub fn sync(&self) -> SyncWait {
+        let shared = &self.shared;
+        let target = shared.written.load(Ordering::SeqCst);
+        if shared.durable.load(Ordering::SeqCst) >= target {
+            return SyncWait::ready(Ok(()));
+        }
+        let mut queue = shared.lock_queue();
+        if queue.waiters.len() >= MAX_QUEUED_SYNCS {
+            metrics::counter!("ringkv_storage_sync_queue_full_total").increment(1);
+        }
+        while queue.waiters.len() >= MAX_QUEUED_SYNCS && queue.phase != Phase::Closed {
+            queue = shared
+                .space
+                .wait(queue)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if let Some(failure) = &queue.failure {
+            return SyncWait::ready(Err(failure.clone()));
+        }
+        if queue.phase == Phase::Closed {
+            // Checked again: the final persist may have covered the target meanwhile.
+            return SyncWait::ready(if shared.durable.load(Ordering::SeqCst) >= target {
+                Ok(())
+            } else {
+                Err(StorageError::Closed)
+            });
+        }
+        let (answer, receiver) = oneshot::channel();
+        queue.waiters.push(Waiter { target, answer });
+        drop(queue);
+        shared.work.notify_one();
+        SyncWait::pending(receiver)
+    }
+
+    /// Serves every queued sync, persists a last time and stops the syncer thread.
+    /// Later syncs of writes that were not made durable return `Closed`. Idempotent.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        {
+            let mut queue = self.shared.lock_queue();
+            if queue.phase == Phase::Running {
+                queue.phase = Phase::Closing;
+            }
+        }
+        self.shared.work.notify_one();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the storage syncer thread panicked");
+        }
+    }
+
+    pub fn stats(&self) -> SyncStats {
+        let shared = &self.shared;
+        SyncStats {
+            syncs: shared.syncs.load(Ordering::SeqCst),
+            waiters_served: shared.waiters_served.load(Ordering::SeqCst),
+            writes_synced: shared.writes_synced.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Shared {
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while holding the queue lock; if it did, the queue is still
+        // consistent (each change is a single push, take or assignment).
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The syncer thread.
+    fn run(&self, mut persist: Persist) {
+        loop {
+            let (batch, closing) = self.next_batch();
+            let needed = batch.iter().map(|waiter| waiter.target).max().unwrap_or(0);
+            // Read after taking the batch: it covers every target in it.
+            let covered = self.written.load(Ordering::SeqCst);
+            let durable = self.durable.load(Ordering::SeqCst);
+            let result = if self.failed.load(Ordering::SeqCst) {
+                Err(self
+                    .lock_queue()
+                    .failure
+                    .clone()
+                    .unwrap_or(StorageError::Closed))
+            } else if needed > durable || (closing && covered > durable) {
+                self.persist_once(&mut persist, covered, durable, batch.len())
+            } else {
+                Ok(())
+            };
+            for waiter in batch {
+                debug_assert!(result.is_err() || waiter.target <= covered);
+                // A waiter that stopped waiting dropped its receiver: nothing to tell.
+                let _ = waiter.answer.send(result.clone());
+            }
+            if closing {
+                let mut queue = self.lock_queue();
+                if queue.waiters.is_empty() {
+                    queue.phase = Phase::Closed;
+                    drop(queue);
+                    self.space.notify_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for waiters (or `close`) and takes them all.
+    fn next_batch(&self) -> (Vec<Waiter>, bool) {
+        let mut queue = self.lock_queue();
+        while queue.waiters.is_empty() && queue.phase == Phase::Running {
+            queue = self
+                .work
+                .wait(queue)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        let batch = std::mem::take(&mut queue.waiters);
+        let closing = queue.phase != Phase::Running;
+        drop(queue);
+        self.space.notify_all();
+        (batch, closing)
+    }
+
+    fn persist_once(
+        &self,
+        persist: &mut Persist,
+        covered: u64,
+        durable: u64,
+        waiters: usize,
+    ) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let result = persist();
+        metrics::histogram!("ringkv_storage_sync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("ringkv_storage_syncs_total").increment(1);
+        metrics::histogram!("ringkv_storage_sync_batch_writes").record(waiters as f64);
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        match &result {
+            Ok(()) => {
+                self.durable.fetch_max(covered, Ordering::SeqCst);
+                self.waiters_served
+                    .fetch_add(waiters as u64, Ordering::SeqCst);
+                self.writes_synced
+                    .fetch_add(covered.saturating_sub(durable), Ordering::SeqCst);
+            }
+            Err(error) => {
+                tracing::error!(%error, "journal persist failed; refusing further writes");
+                let mut queue = self.lock_queue();
+                queue.failure = Some(StorageError::Poisoned {
+                    reason: error.to_string(),
+                });
+                self.failed.store(true, Ordering::SeqCst);
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counting(persists: Arc<AtomicU64>) -> Persist {
+        Box::new(move || {
+            persists.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn sync_without_writes_needs_no_persist() {
+        let persists = Arc::new(AtomicU64::new(0));
+        let group = GroupCommit::start(counting(persists.clone())).unwrap();
+        group.sync().wait().unwrap();
+        group.record_write();
+        group.sync().wait().unwrap();
+        group.sync().wait().unwrap();
+        assert_eq!(persists.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            group.stats(),
+            SyncStats {
+                syncs: 1,
+                waiters_served: 1,
+                writes_synced: 1
+            }
+        );
+    }
+
+    #[test]
+    fn close_persists_unsynced_writes_and_refuses_later_syncs() {
+        let persists = Arc::new(AtomicU64::new(0));
+        let group = GroupCommit::start(counting(persists.clone())).unwrap();
+        group.record_write();
+        group.close();
+        assert_eq!(persists.load(Ordering::SeqCst), 1);
+        group.sync().wait().unwrap();
+        group.record_write();
+        assert_eq!(group.sync().wait(), Err(StorageError::Closed));
+        group.close();
+    }
+
+    #[test]
+    fn failed_persist_reaches_its_waiters_and_every_later_sync() {
+        let group = GroupCommit::start(Box::new(|| {
+            Err(StorageError::Io {
+                operation: "persist",
+                reason: "disk on fire".into(),
+            })
+        }))
+        .unwrap();
+        group.record_write();
+        assert!(matches!(group.sync().wait(), Err(StorageError::Io { .. })));
+        group.record_write();
+        assert!(matches!(
+            group.sync().wait(),
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            group.refusal(),
+            Some(StorageError::Poisoned { .. })
+        ));
+    }
+
+    #[test]
+    fn sync_is_awaitable() {
+        let group = GroupCommit::start(Box::new(|| Ok(()))).unwrap();
+        group.record_write();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(group.sync()).unwrap();
+    }
+}
