@@ -19,10 +19,6 @@ pub enum StorageError {
         reason: String,
     },
 
-    /// The key cannot be stored: the LSM tree bounds the stored key (token + key).
-    #[error("key is {len} bytes; storage holds keys of at most {max_bytes} bytes")]
-    KeyTooLong { len: usize, max_bytes: usize },
-
     /// A metadata name is empty or too long.
     #[error("metadata name \"{name}\" must be 1..={max_bytes} bytes")]
     InvalidMetaName { name: String, max_bytes: usize },

@@ -124,7 +124,7 @@ impl FjallEngine {
     /// As `apply`.
     #[doc(hidden)]
     pub fn insert_raw_for_test(&self, key: &Key, raw: &[u8]) -> Result<(), StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         self.write_checked()?;
         self.data
             .insert(stored, raw)
@@ -150,7 +150,7 @@ impl Drop for FjallEngine {
 
 impl Engine for FjallEngine {
     fn get(&self, key: &Key) -> Result<Option<Record>, StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         let raw = self
             .data
             .get(&stored)
@@ -163,7 +163,7 @@ impl Engine for FjallEngine {
         key: &Key,
         change: &mut dyn FnMut(Option<Record>) -> Option<Record>,
     ) -> Result<Option<Record>, StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         self.write_checked()?;
         let _locked = self.stripes.lock(key.token());
         let raw = self
@@ -208,7 +208,7 @@ impl Engine for FjallEngine {
     }
 
     fn delete(&self, key: &Key) -> Result<(), StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         self.write_checked()?;
         let _locked = self.stripes.lock(key.token());
         self.data

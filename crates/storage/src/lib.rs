@@ -13,8 +13,9 @@
 //! * `memory`: `MemoryEngine`, for tests and the simulator: no threads, no clock, and a
 //!   `crash` that loses unsynced writes.
 //!
-//! Limits: keys ≤ `MAX_STORED_KEY_BYTES` (fjall stores keys with a u16 length, and the
-//! token takes 16 bytes of it); metadata names ≤ `MAX_META_NAME_BYTES`, values ≤
+//! Limits: stored keys (token + key) ≤ `MAX_STORED_KEY_BYTES`, fjall's u16 key length;
+//! every `Key` fits (checked at compile time against `ringkv_core::MAX_KEY_BYTES`);
+//! metadata names ≤ `MAX_META_NAME_BYTES`, values ≤
 //! `MAX_META_VALUE_BYTES`; at most `MAX_QUEUED_SYNCS` callers wait on one persist.
 
 mod error;
@@ -72,7 +73,7 @@ pub trait Engine: Send + Sync + 'static {
     ///
     /// # Errors
     /// `Corrupt` when the stored record does not decode (then nothing is written and
-    /// `change` is not called); `KeyTooLong`; `Io`, `Poisoned`, `Closed` from the engine.
+    /// `change` is not called); `Io`, `Poisoned`, `Closed` from the engine.
     fn apply(
         &self,
         key: &Key,
@@ -110,7 +111,7 @@ pub trait Engine: Send + Sync + 'static {
     /// Not durable until a later `sync` resolves. Removing an absent key is not an error.
     ///
     /// # Errors
-    /// `KeyTooLong`; `Io`, `Poisoned`, `Closed` from the engine.
+    /// `Io`, `Poisoned`, `Closed` from the engine.
     fn delete(&self, key: &Key) -> Result<(), StorageError>;
 
     /// Durability barrier: resolves once every write applied before this call is

@@ -54,10 +54,10 @@ impl MemoryEngine {
     /// Stores `raw` as the record of `key`, unchecked: for tests of corrupt records.
     ///
     /// # Errors
-    /// `KeyTooLong`.
+    /// None; the `Result` matches `FjallEngine::insert_raw_for_test`.
     #[doc(hidden)]
     pub fn insert_raw_for_test(&self, key: &Key, raw: &[u8]) -> Result<(), StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         self.lock().write(stored, Some(raw.to_vec()));
         Ok(())
     }
@@ -83,7 +83,7 @@ impl State {
 
 impl Engine for MemoryEngine {
     fn get(&self, key: &Key) -> Result<Option<Record>, StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         let state = self.lock();
         state
             .live
@@ -97,7 +97,7 @@ impl Engine for MemoryEngine {
         key: &Key,
         change: &mut dyn FnMut(Option<Record>) -> Option<Record>,
     ) -> Result<Option<Record>, StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         let mut state = self.lock();
         let raw = state.live.get(&stored);
         let current = raw.map(|raw| decode_record(key, raw)).transpose()?;
@@ -129,7 +129,7 @@ impl Engine for MemoryEngine {
     }
 
     fn delete(&self, key: &Key) -> Result<(), StorageError> {
-        let stored = storage_key::encode(key)?;
+        let stored = storage_key::encode(key);
         self.lock().write(stored, None);
         Ok(())
     }

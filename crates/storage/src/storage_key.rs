@@ -17,25 +17,19 @@ pub const TOKEN_BYTES: usize = 16;
 /// Longest stored key: fjall writes key lengths as a u16 (and panics past it).
 pub const MAX_STORED_KEY_BYTES: usize = u16::MAX as usize;
 
-/// Longest `Key` the engines accept: the token takes 16 bytes of the stored key.
-pub const MAX_KEY_BYTES: usize = MAX_STORED_KEY_BYTES - TOKEN_BYTES;
+// Every `Key` fits in a stored key, so `encode` cannot fail and fjall cannot panic.
+const _: () = assert!(
+    ringkv_core::MAX_KEY_BYTES + TOKEN_BYTES <= MAX_STORED_KEY_BYTES,
+    "ringkv_core::MAX_KEY_BYTES leaves no room for the token in a fjall key"
+);
 
 /// The stored key of `key`.
-///
-/// # Errors
-/// `KeyTooLong` when `key` is longer than `MAX_KEY_BYTES`.
-pub fn encode(key: &Key) -> Result<Vec<u8>, StorageError> {
+pub fn encode(key: &Key) -> Vec<u8> {
     let bytes = key.as_bytes();
-    if bytes.len() > MAX_KEY_BYTES {
-        return Err(StorageError::KeyTooLong {
-            len: bytes.len(),
-            max_bytes: MAX_KEY_BYTES,
-        });
-    }
     let mut stored = Vec::with_capacity(TOKEN_BYTES + bytes.len());
     stored.extend_from_slice(&key.token().to_be_bytes());
     stored.extend_from_slice(bytes);
-    Ok(stored)
+    stored
 }
 
 /// The key and token stored in `stored`.
@@ -69,12 +63,12 @@ pub fn decode(stored: &[u8]) -> Result<(Token, Key), StorageError> {
     Ok((token, key))
 }
 
+/// Lower and upper bound of a scan over stored keys.
+pub type ScanBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// Bounds on stored keys selecting the tokens of `range`, strictly after `after`.
 /// `None` when nothing can match (an empty range, or `after` beyond it).
-pub fn scan_bounds(
-    range: TokenRange,
-    after: Option<&Key>,
-) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+pub fn scan_bounds(range: TokenRange, after: Option<&Key>) -> Option<ScanBounds> {
     if range.start > range.end {
         return None;
     }
@@ -85,11 +79,7 @@ pub fn scan_bounds(
             return None;
         }
         if token >= range.start {
-            // A key too long to store cannot have been returned by a scan; its stored
-            // form is still a valid bound, so build it without the length check.
-            let mut stored = token.to_be_bytes().to_vec();
-            stored.extend_from_slice(after.as_bytes());
-            lower = Bound::Excluded(stored);
+            lower = Bound::Excluded(encode(after));
         }
     }
     // Every stored key of token `end` sorts below the next token's prefix.
@@ -111,7 +101,7 @@ mod tests {
         fn decode_of_random_bytes_never_panics(raw in prop::collection::vec(any::<u8>(), 0..64)) {
             if let Ok((token, key)) = decode(&raw) {
                 prop_assert_eq!(token, key.token());
-                prop_assert_eq!(encode(&key).unwrap(), raw);
+                prop_assert_eq!(encode(&key), raw);
             }
         }
 
@@ -123,7 +113,7 @@ mod tests {
             let a = Key::from_stored(Bytes::from(a)).unwrap();
             let b = Key::from_stored(Bytes::from(b)).unwrap();
             prop_assert_eq!(
-                encode(&a).unwrap().cmp(&encode(&b).unwrap()),
+                encode(&a).cmp(&encode(&b)),
                 (a.token(), &a).cmp(&(b.token(), &b))
             );
         }
@@ -136,7 +126,7 @@ mod tests {
     #[test]
     fn encode_then_decode_is_identity() {
         let k = key(b"user/\xff42");
-        let stored = encode(&k).unwrap();
+        let stored = encode(&k);
         assert_eq!(&stored[..TOKEN_BYTES], &k.token().to_be_bytes());
         assert_eq!(decode(&stored).unwrap(), (k.token(), k));
     }
@@ -153,7 +143,7 @@ mod tests {
 
     #[test]
     fn token_mismatch_is_corrupt() {
-        let mut stored = encode(&key(b"a")).unwrap();
+        let mut stored = encode(&key(b"a"));
         stored[0] ^= 1;
         let Err(StorageError::Corrupt { key, reason }) = decode(&stored) else {
             panic!("expected Corrupt");
@@ -163,17 +153,12 @@ mod tests {
     }
 
     #[test]
-    fn oversized_key_is_refused() {
-        let longest = Key::from_stored(Bytes::from(vec![b'k'; MAX_KEY_BYTES])).unwrap();
-        assert_eq!(encode(&longest).unwrap().len(), MAX_STORED_KEY_BYTES);
-        let too_long = Key::from_stored(Bytes::from(vec![b'k'; MAX_KEY_BYTES + 1])).unwrap();
-        assert_eq!(
-            encode(&too_long),
-            Err(StorageError::KeyTooLong {
-                len: MAX_KEY_BYTES + 1,
-                max_bytes: MAX_KEY_BYTES
-            })
-        );
+    fn longest_key_round_trips() {
+        let longest =
+            Key::from_stored(Bytes::from(vec![b'k'; ringkv_core::MAX_KEY_BYTES])).unwrap();
+        let stored = encode(&longest);
+        assert!(stored.len() <= MAX_STORED_KEY_BYTES);
+        assert_eq!(decode(&stored).unwrap().1, longest);
     }
 
     #[test]
@@ -207,6 +192,6 @@ mod tests {
             Bound::Included(Token(t.0 + 1).to_be_bytes().to_vec())
         );
         let (lower, _) = scan_bounds(TokenRange::FULL, Some(&k)).unwrap();
-        assert_eq!(lower, Bound::Excluded(encode(&k).unwrap()));
+        assert_eq!(lower, Bound::Excluded(encode(&k)));
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use ringkv_core::{ActorId, Body, Context, Hlc, Key, Record, Sibling, Token, TokenRange};
 use ringkv_storage::{
-    Engine, FjallEngine, FjallOptions, MAX_META_NAME_BYTES, MemoryEngine, StorageError, storage_key,
+    Engine, FjallEngine, FjallOptions, MAX_META_NAME_BYTES, MemoryEngine, StorageError,
 };
 use tempfile::TempDir;
 
@@ -301,21 +301,15 @@ fn sync_resolves_for_blocking_and_async_callers(engine: Arc<dyn Engine>) {
     engine.sync().wait().unwrap();
 }
 
-fn key_too_long_to_store_is_refused(engine: &dyn Engine) {
-    let longest = key(vec![b'k'; storage_key::MAX_KEY_BYTES]);
+/// The longest key core accepts is stored and scanned like any other.
+fn longest_key_is_stored(engine: &dyn Engine) {
+    let longest = key(vec![b'k'; ringkv_core::MAX_KEY_BYTES]);
     put(engine, &longest, &record(1, "a"));
     assert_eq!(engine.get(&longest).unwrap(), Some(record(1, "a")));
-    let too_long = key(vec![b'k'; storage_key::MAX_KEY_BYTES + 1]);
-    let expected = StorageError::KeyTooLong {
-        len: storage_key::MAX_KEY_BYTES + 1,
-        max_bytes: storage_key::MAX_KEY_BYTES,
-    };
-    assert_eq!(engine.get(&too_long), Err(expected.clone()));
-    assert_eq!(
-        engine.apply(&too_long, &mut |_| None),
-        Err(expected.clone())
-    );
-    assert_eq!(engine.delete(&too_long), Err(expected));
+    let scanned = engine.scan(TokenRange::FULL, None, 10).unwrap();
+    assert_eq!(scanned, [(longest.clone(), record(1, "a"))]);
+    engine.delete(&longest).unwrap();
+    assert_eq!(engine.get(&longest).unwrap(), None);
 }
 
 /// Random bytes stored as a record make `get` and `scan` fail cleanly, never panic.
@@ -395,8 +389,8 @@ macro_rules! engine_suite {
                 super::sync_resolves_for_blocking_and_async_callers($open().engine.clone());
             }
             #[test]
-            fn key_too_long_to_store_is_refused() {
-                super::key_too_long_to_store_is_refused($open().engine.as_ref());
+            fn longest_key_is_stored() {
+                super::longest_key_is_stored($open().engine.as_ref());
             }
             #[test]
             fn garbage_records_never_panic() {
