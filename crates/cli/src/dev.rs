@@ -53,7 +53,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .args(["--node-id", &index.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--http-addr", &http, "--resp-addr", &resp, "--peer-addr", &peer]);
+            .args([
+                "--http-addr",
+                &http,
+                "--resp-addr",
+                &resp,
+                "--peer-addr",
+                &peer,
+            ]);
         if index > 0 {
             command.args(["--seeds", &seed]);
         }
@@ -64,10 +71,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 return Err(error).context(format!("cannot start node {index}"));
             }
         }
-        println!("node {index}: http://{http}  resp {resp}  peer {peer}  data {}", data_dir.display());
+        println!(
+            "node {index}: http://{http}  resp {resp}  peer {peer}  data {}",
+            data_dir.display()
+        );
     }
-    println!("ringkv dev cluster of {} node(s) running; Ctrl-C stops it (data stays)", args.nodes);
-    println!("try: curl -X PUT -d '{{\"value\":\"hello\"}}' http://127.0.0.1:{}/v1/kv/greeting", args.http_port);
+    println!(
+        "ringkv dev cluster of {} node(s) running; Ctrl-C stops it (data stays)",
+        args.nodes
+    );
+    println!(
+        "try: curl -X PUT -d '{{\"value\":\"hello\"}}' http://127.0.0.1:{}/v1/kv/greeting",
+        args.http_port
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -103,11 +119,11 @@ async fn watch(children: &mut [(u16, Child)]) -> anyhow::Result<ExitCode> {
 /// SIGTERM to every running node, then SIGKILL to any still running after the grace.
 fn stop_all(children: &mut [(u16, Child)]) {
     for (_, child) in children.iter_mut() {
-        if matches!(child.try_wait(), Ok(None)) {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) with a pid of a child we spawned and have not reaped.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
+        if matches!(child.try_wait(), Ok(None))
+            && let Ok(pid) = i32::try_from(child.id())
+        {
+            // SAFETY: kill(2) with a pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
     let deadline = Instant::now() + STOP_GRACE;

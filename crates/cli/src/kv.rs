@@ -82,7 +82,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Sends a request and returns the status and JSON body (if any).
 fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     runtime()?.block_on(async {
-        let response = request.send().await.context("request failed (is the node running?)")?;
+        let response = request
+            .send()
+            .await
+            .context("request failed (is the node running?)")?;
         let status = response.status().as_u16();
         let text = response.text().await.context("cannot read the answer")?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -91,7 +94,9 @@ fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
 }
 
 fn fail(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
-    let message = body["error"]["message"].as_str().map_or_else(|| body.to_string(), str::to_owned);
+    let message = body["error"]["message"]
+        .as_str()
+        .map_or_else(|| body.to_string(), str::to_owned);
     let code = body["error"]["code"].as_str().unwrap_or("error");
     bail!("{code} (HTTP {status}): {message}")
 }
@@ -124,9 +129,14 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             _ => println!("{answer}"),
         },
         300 => {
-            let siblings = answer["siblings"].as_array().or(answer["siblings_base64"].as_array());
+            let siblings = answer["siblings"]
+                .as_array()
+                .or(answer["siblings_base64"].as_array());
             let siblings = siblings.map(Vec::as_slice).unwrap_or_default();
-            println!("{} concurrent values (write with --version-token to resolve):", siblings.len());
+            println!(
+                "{} concurrent values (write with --version-token to resolve):",
+                siblings.len()
+            );
             for sibling in siblings {
                 println!("  {}", sibling.as_str().unwrap_or(""));
             }
@@ -161,8 +171,14 @@ pub fn status(args: UrlArgs) -> anyhow::Result<ExitCode> {
     if status != 200 {
         return fail(status, &answer);
     }
-    let nodes = answer["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
-    println!("{:<22} {:<22} {:<12} {:>6} {:>8}", "node", "http", "status", "vnodes", "hints");
+    let nodes = answer["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    println!(
+        "{:<22} {:<22} {:<12} {:>6} {:>8}",
+        "node", "http", "status", "vnodes", "hints"
+    );
     for node in nodes {
         println!(
             "{:<22} {:<22} {:<12} {:>6} {:>8}",
@@ -182,6 +198,9 @@ mod tests {
 
     #[test]
     fn keys_are_percent_encoded() {
-        assert_eq!(kv_url("http://h:1/", "a/b c", Some(("w", 2))), "http://h:1/v1/kv/a%2Fb%20c?w=2");
+        assert_eq!(
+            kv_url("http://h:1/", "a/b c", Some(("w", 2))),
+            "http://h:1/v1/kv/a%2Fb%20c?w=2"
+        );
     }
 }

@@ -8,7 +8,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ringkv", version, about = "A Dynamo-style distributed key-value store")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A Dynamo-style distributed key-value store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node. Every flag is also a TOML key and a RINGKV_* variable.
-    Server(ringkv_server::config::ServerArgs),
+    Server(Box<ringkv_server::config::ServerArgs>),
     /// Run a local cluster: node i (0-based) on port + i, one process per node.
     Dev(dev::DevArgs),
     /// Write a value.
@@ -33,7 +37,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(args) => server(args),
+        Command::Server(args) => server(*args),
         Command::Dev(args) => dev::run(args),
         Command::Put(args) => kv::put(args),
         Command::Get(args) => kv::get(args),
@@ -57,8 +61,9 @@ fn server(args: ringkv_server::config::ServerArgs) -> anyhow::Result<std::proces
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

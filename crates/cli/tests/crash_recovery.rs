@@ -1,6 +1,8 @@
 //! The real `ringkv` binary, SIGKILLed while many clients write: every write it
 //! acknowledged must be there after a restart on the same data directory.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on anything unexpected.
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,9 @@ fn start_node(data_dir: &std::path::Path) -> (Child, String) {
         .expect("ringkv starts");
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("node prints its address");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("node prints its address");
     let addr = line
         .trim()
         .rsplit(' ')
@@ -44,7 +48,10 @@ fn sigkill(child: &mut Child) {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = start_node(dir.path());
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(120);
 
@@ -74,7 +81,11 @@ async fn acknowledged_writes_survive_sigkill() {
         });
     }
     while acked.lock().unwrap().len() < ACKED_BEFORE_KILL {
-        assert!(Instant::now() < deadline, "node too slow: {} acks", acked.lock().unwrap().len());
+        assert!(
+            Instant::now() < deadline,
+            "node too slow: {} acks",
+            acked.lock().unwrap().len()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Kill while writes are in flight.
@@ -86,7 +97,11 @@ async fn acknowledged_writes_survive_sigkill() {
     let (mut child, base) = start_node(dir.path());
     let mut missing = Vec::new();
     for (key, value) in &acked {
-        let response = client.get(format!("{base}/v1/kv/{key}")).send().await.unwrap();
+        let response = client
+            .get(format!("{base}/v1/kv/{key}"))
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         if status != 200 || body["value"] != value.as_str() {
@@ -94,7 +109,62 @@ async fn acknowledged_writes_survive_sigkill() {
         }
     }
     sigkill(&mut child);
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+/// SIGTERM stops the node cleanly (exit status 0) and what it acknowledged is there
+/// after a restart.
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_node(dir.path());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for i in 0..50 {
+        let response = client
+            .put(format!("{base}/v1/kv/term{i}"))
+            .json(&serde_json::json!({"value": format!("v{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on the pid of our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node did not stop within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let (mut child, base) = start_node(dir.path());
+    for i in 0..50 {
+        let body: serde_json::Value = client
+            .get(format!("{base}/v1/kv/term{i}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["value"], format!("v{i}"));
+    }
+    sigkill(&mut child);
 }
 
 /// `--print-config` shows the effective configuration, and a bad value stops start-up

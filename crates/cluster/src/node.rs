@@ -165,7 +165,12 @@ mod tests {
 
     fn node(policy: ConflictPolicy) -> (Node, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(1_000));
-        let node = Node::new(Arc::new(MemoryEngine::new()), clock.clone(), ActorId(1), policy);
+        let node = Node::new(
+            Arc::new(MemoryEngine::new()),
+            clock.clone(),
+            ActorId(1),
+            policy,
+        );
         (node, clock)
     }
 
@@ -242,10 +247,19 @@ mod tests {
         assert!(bodies(&node, "t").is_empty());
 
         let v = put(&node, "d", "x", &Context::default());
-        node.write(Write { key: key("d"), body: WriteBody::Delete, seen: v, ttl: None })
-            .unwrap();
+        node.write(Write {
+            key: key("d"),
+            body: WriteBody::Delete,
+            seen: v,
+            ttl: None,
+        })
+        .unwrap();
         assert!(bodies(&node, "d").is_empty());
-        assert_eq!(node.read(&key("d")).unwrap().unwrap().len(), 1, "tombstone kept");
+        assert_eq!(
+            node.read(&key("d")).unwrap().unwrap().len(),
+            1,
+            "tombstone kept"
+        );
     }
 
     #[test]

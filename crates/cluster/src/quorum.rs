@@ -15,7 +15,9 @@ pub enum Quorum {
 /// Why a requested quorum cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuorumError {
-    #[error("{name}={value} is out of range: must be 1..={replication_factor} (the replication factor)")]
+    #[error(
+        "{name}={value} is out of range: must be 1..={replication_factor} (the replication factor)"
+    )]
     OutOfRange {
         name: &'static str,
         value: u8,

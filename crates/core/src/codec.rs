@@ -75,8 +75,14 @@ struct RecordV1 {
 
 fn context_to_wire(context: &Context) -> ContextV1 {
     ContextV1 {
-        vector: context.vector().map(|(actor, counter)| (actor.0, counter)).collect(),
-        cloud: context.cloud().map(|dot| (dot.actor.0, dot.counter)).collect(),
+        vector: context
+            .vector()
+            .map(|(actor, counter)| (actor.0, counter))
+            .collect(),
+        cloud: context
+            .cloud()
+            .map(|dot| (dot.actor.0, dot.counter))
+            .collect(),
     }
 }
 
@@ -90,18 +96,34 @@ fn context_from_wire(wire: ContextV1) -> Result<Context, String> {
     if !wire.cloud.windows(2).all(|w| w[0] < w[1]) {
         return Err("dot cloud is not sorted".into());
     }
-    if let Some((actor, counter)) = wire.vector.iter().chain(&wire.cloud).find(|(_, c)| !counter_ok(*c)) {
-        return Err(format!("counter {counter} of actor {actor} is out of range"));
+    if let Some((actor, counter)) = wire
+        .vector
+        .iter()
+        .chain(&wire.cloud)
+        .find(|(_, c)| !counter_ok(*c))
+    {
+        return Err(format!(
+            "counter {counter} of actor {actor} is out of range"
+        ));
     }
     let vector: BTreeMap<u64, u64> = wire.vector.iter().copied().collect();
-    if let Some((actor, counter)) =
-        wire.cloud.iter().find(|(actor, counter)| *counter <= vector.get(actor).copied().unwrap_or(0) + 1)
+    if let Some((actor, counter)) = wire
+        .cloud
+        .iter()
+        .find(|(actor, counter)| *counter <= vector.get(actor).copied().unwrap_or(0) + 1)
     {
-        return Err(format!("cloud dot ({actor}, {counter}) is not beyond its vector entry"));
+        return Err(format!(
+            "cloud dot ({actor}, {counter}) is not beyond its vector entry"
+        ));
     }
     let context = Context::from_parts(
-        wire.vector.into_iter().map(|(actor, counter)| (ActorId(actor), counter)),
-        wire.cloud.into_iter().map(|(actor, counter)| Dot { actor: ActorId(actor), counter }),
+        wire.vector
+            .into_iter()
+            .map(|(actor, counter)| (ActorId(actor), counter)),
+        wire.cloud.into_iter().map(|(actor, counter)| Dot {
+            actor: ActorId(actor),
+            counter,
+        }),
     );
     Ok(context)
 }
@@ -152,9 +174,14 @@ impl Record {
         let mut values = BTreeMap::new();
         let mut previous: Option<Dot> = None;
         for sibling in wire.siblings {
-            let dot = Dot { actor: ActorId(sibling.actor), counter: sibling.counter };
+            let dot = Dot {
+                actor: ActorId(sibling.actor),
+                counter: sibling.counter,
+            };
             if previous.is_some_and(|p| p >= dot) {
-                return Err(DecodeRecordError::Invalid("versions are not sorted by dot".into()));
+                return Err(DecodeRecordError::Invalid(
+                    "versions are not sorted by dot".into(),
+                ));
             }
             previous = Some(dot);
             let body = match sibling.body {
@@ -164,7 +191,11 @@ impl Record {
             };
             values.insert(
                 dot,
-                Sibling { hlc: Hlc(sibling.hlc), expires_at_ms: sibling.expires_at_ms, body },
+                Sibling {
+                    hlc: Hlc(sibling.hlc),
+                    expires_at_ms: sibling.expires_at_ms,
+                    body,
+                },
             );
         }
         let versions = DvvSet::from_parts(context, values).map_err(|dot| {
@@ -182,7 +213,9 @@ impl Context {
     /// format byte and the postcard encoding of the context.
     pub fn to_token(&self) -> String {
         let mut raw = vec![CONTEXT_FORMAT_V1];
-        raw.extend(postcard::to_stdvec(&context_to_wire(self)).expect("context encoding is infallible"));
+        raw.extend(
+            postcard::to_stdvec(&context_to_wire(self)).expect("context encoding is infallible"),
+        );
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
 
@@ -197,15 +230,21 @@ impl Context {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token.trim_end_matches('='))
             .map_err(|error| ParseVersionError::NotBase64(error.to_string()))?;
-        let (&format, rest) =
-            raw.split_first().ok_or_else(|| ParseVersionError::Invalid("empty".into()))?;
+        let (&format, rest) = raw
+            .split_first()
+            .ok_or_else(|| ParseVersionError::Invalid("empty".into()))?;
         if format != CONTEXT_FORMAT_V1 {
-            return Err(ParseVersionError::Invalid(format!("unknown format {format}")));
+            return Err(ParseVersionError::Invalid(format!(
+                "unknown format {format}"
+            )));
         }
         let (wire, trailing) = postcard::take_from_bytes::<ContextV1>(rest)
             .map_err(|error| ParseVersionError::Invalid(error.to_string()))?;
         if !trailing.is_empty() {
-            return Err(ParseVersionError::Invalid(format!("{} trailing bytes", trailing.len())));
+            return Err(ParseVersionError::Invalid(format!(
+                "{} trailing bytes",
+                trailing.len()
+            )));
         }
         context_from_wire(wire).map_err(ParseVersionError::Invalid)
     }
@@ -226,7 +265,11 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 0..16).prop_map(|v| Body::Crdt(Bytes::from(v))),
             ],
         )
-            .prop_map(|(hlc, expires_at_ms, body)| Sibling { hlc: Hlc(hlc), expires_at_ms, body })
+            .prop_map(|(hlc, expires_at_ms, body)| Sibling {
+                hlc: Hlc(hlc),
+                expires_at_ms,
+                body,
+            })
     }
 
     /// Records built by real operations: blind writes, writes with the current
@@ -236,8 +279,16 @@ mod tests {
             let mut record = Record::default();
             let mut other = Record::default();
             for (actor, with_context, sibling) in ops {
-                let target = if actor % 2 == 0 { &mut record } else { &mut other };
-                let seen = if with_context { target.context().clone() } else { Context::default() };
+                let target = if actor % 2 == 0 {
+                    &mut record
+                } else {
+                    &mut other
+                };
+                let seen = if with_context {
+                    target.context().clone()
+                } else {
+                    Context::default()
+                };
                 target.update(&seen, ActorId(actor), sibling);
             }
             record.sync(&other);
@@ -285,16 +336,25 @@ mod tests {
     #[test]
     fn malformed_records_are_errors() {
         assert_eq!(Record::decode(&[]), Err(DecodeRecordError::Empty));
-        assert_eq!(Record::decode(&[9, 0, 0]), Err(DecodeRecordError::UnknownFormat(9)));
+        assert_eq!(
+            Record::decode(&[9, 0, 0]),
+            Err(DecodeRecordError::UnknownFormat(9))
+        );
         let mut bytes = Record::default().encode();
         bytes.push(0);
-        assert_eq!(Record::decode(&bytes), Err(DecodeRecordError::TrailingBytes(1)));
+        assert_eq!(
+            Record::decode(&bytes),
+            Err(DecodeRecordError::TrailingBytes(1))
+        );
     }
 
     #[test]
     fn value_outside_context_is_rejected() {
         let wire = RecordV1 {
-            context: ContextV1 { vector: vec![(1, 1)], cloud: vec![] },
+            context: ContextV1 {
+                vector: vec![(1, 1)],
+                cloud: vec![],
+            },
             siblings: vec![SiblingV1 {
                 actor: 1,
                 counter: 2,
@@ -305,21 +365,39 @@ mod tests {
         };
         let mut bytes = vec![RECORD_FORMAT_V1];
         bytes.extend(postcard::to_stdvec(&wire).unwrap());
-        assert!(matches!(Record::decode(&bytes), Err(DecodeRecordError::Invalid(_))));
+        assert!(matches!(
+            Record::decode(&bytes),
+            Err(DecodeRecordError::Invalid(_))
+        ));
     }
 
     #[test]
     fn bad_tokens_are_errors() {
-        assert!(matches!(Context::from_token("!!!"), Err(ParseVersionError::NotBase64(_))));
-        assert!(matches!(Context::from_token(""), Err(ParseVersionError::Invalid(_))));
-        assert!(matches!(Context::from_token("AgA"), Err(ParseVersionError::Invalid(_))));
+        assert!(matches!(
+            Context::from_token("!!!"),
+            Err(ParseVersionError::NotBase64(_))
+        ));
+        assert!(matches!(
+            Context::from_token(""),
+            Err(ParseVersionError::Invalid(_))
+        ));
+        assert!(matches!(
+            Context::from_token("AgA"),
+            Err(ParseVersionError::Invalid(_))
+        ));
         let long = "A".repeat(MAX_VERSION_TOKEN_LEN + 1);
         assert_eq!(Context::from_token(&long), Err(ParseVersionError::TooLong));
         // Unsorted vector.
-        let wire = ContextV1 { vector: vec![(2, 1), (1, 1)], cloud: vec![] };
+        let wire = ContextV1 {
+            vector: vec![(2, 1), (1, 1)],
+            cloud: vec![],
+        };
         let mut raw = vec![CONTEXT_FORMAT_V1];
         raw.extend(postcard::to_stdvec(&wire).unwrap());
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        assert!(matches!(Context::from_token(&token), Err(ParseVersionError::Invalid(_))));
+        assert!(matches!(
+            Context::from_token(&token),
+            Err(ParseVersionError::Invalid(_))
+        ));
     }
 }

@@ -70,7 +70,9 @@ impl Context {
     }
 
     pub fn vector(&self) -> impl Iterator<Item = (ActorId, u64)> + '_ {
-        self.vector.iter().map(|(actor, counter)| (*actor, *counter))
+        self.vector
+            .iter()
+            .map(|(actor, counter)| (*actor, *counter))
     }
 
     pub fn cloud(&self) -> impl Iterator<Item = Dot> + '_ {
@@ -83,7 +85,8 @@ impl Context {
 
     /// Whether the event `dot` is in this context.
     pub fn contains(&self, dot: Dot) -> bool {
-        dot.counter <= self.vector.get(&dot.actor).copied().unwrap_or(0) || self.cloud.contains(&dot)
+        dot.counter <= self.vector.get(&dot.actor).copied().unwrap_or(0)
+            || self.cloud.contains(&dot)
     }
 
     /// The highest counter of `actor` in this context (0 when none).
@@ -91,7 +94,12 @@ impl Context {
         let from_vector = self.vector.get(&actor).copied().unwrap_or(0);
         let from_cloud = self
             .cloud
-            .range(Dot { actor, counter: 0 }..=Dot { actor, counter: u64::MAX })
+            .range(
+                Dot { actor, counter: 0 }..=Dot {
+                    actor,
+                    counter: u64::MAX,
+                },
+            )
             .next_back()
             .map_or(0, |dot| dot.counter);
         from_vector.max(from_cloud)
@@ -221,10 +229,7 @@ impl<T: Clone + Ord> DvvSet<T> {
     /// dot is in `seen` and is concurrent with the rest. Returns the new dot, which
     /// is higher than any dot of `actor` in `self` or `seen`.
     pub fn update(&mut self, seen: &Context, actor: ActorId, value: T) -> Dot {
-        let top = self
-            .context
-            .max_counter(actor)
-            .max(seen.max_counter(actor));
+        let top = self.context.max_counter(actor).max(seen.max_counter(actor));
         let dot = Dot {
             actor,
             counter: top.saturating_add(1),

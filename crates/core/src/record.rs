@@ -152,10 +152,16 @@ mod tests {
         let ReadView::Siblings(both) = record.view(ConflictPolicy::Siblings, 0) else {
             panic!("expected siblings");
         };
-        assert_eq!(both.iter().map(|s| body_of(s)).collect::<Vec<_>>(), [b"a", b"b"]);
+        assert_eq!(
+            both.iter().map(|s| body_of(s)).collect::<Vec<_>>(),
+            [b"a", b"b"]
+        );
         let seen = record.context().clone();
         record.update(&seen, ActorId(1), value(3, b"c"));
-        assert_eq!(record.view(ConflictPolicy::Siblings, 0), ReadView::Value(&value(3, b"c")));
+        assert_eq!(
+            record.view(ConflictPolicy::Siblings, 0),
+            ReadView::Value(&value(3, b"c"))
+        );
     }
 
     #[test]
@@ -163,15 +169,25 @@ mod tests {
         let mut record = Record::default();
         record.update(&Context::default(), ActorId(1), value(5, b"a"));
         record.update(&Context::default(), ActorId(2), value(9, b"b"));
-        assert_eq!(record.view(ConflictPolicy::Lww, 0), ReadView::Value(&value(9, b"b")));
+        assert_eq!(
+            record.view(ConflictPolicy::Lww, 0),
+            ReadView::Value(&value(9, b"b"))
+        );
         record.update(
             &Context::default(),
             ActorId(3),
-            Sibling { hlc: Hlc(10), expires_at_ms: None, body: Body::Tombstone },
+            Sibling {
+                hlc: Hlc(10),
+                expires_at_ms: None,
+                body: Body::Tombstone,
+            },
         );
         assert_eq!(record.view(ConflictPolicy::Lww, 0), ReadView::Absent);
         // Under siblings the live values still show.
-        assert!(matches!(record.view(ConflictPolicy::Siblings, 0), ReadView::Siblings(_)));
+        assert!(matches!(
+            record.view(ConflictPolicy::Siblings, 0),
+            ReadView::Siblings(_)
+        ));
     }
 
     #[test]
@@ -180,8 +196,14 @@ mod tests {
         let mut sibling = value(1, b"a");
         sibling.expires_at_ms = Some(1_000);
         record.update(&Context::default(), ActorId(1), sibling.clone());
-        assert_eq!(record.view(ConflictPolicy::Siblings, 999), ReadView::Value(&sibling));
-        assert_eq!(record.view(ConflictPolicy::Siblings, 1_000), ReadView::Absent);
+        assert_eq!(
+            record.view(ConflictPolicy::Siblings, 999),
+            ReadView::Value(&sibling)
+        );
+        assert_eq!(
+            record.view(ConflictPolicy::Siblings, 1_000),
+            ReadView::Absent
+        );
         assert_eq!(record.view(ConflictPolicy::Lww, 1_000), ReadView::Absent);
     }
 }

@@ -38,7 +38,8 @@ const DURABILITIES: &[(&str, Durability)] = &[
 macro_rules! keys {
     ($($(#[doc = $doc:literal])+ $key:ident: $ty:ty = $default:expr, $kind:expr, $value_name:literal;)*) => {
         /// The effective configuration of one node (DESIGN.md §7). Built by [`load`], every
-        /// field is valid alone and with the others (quorums <= N, suspicion < down < permanent).
+        /// field is valid alone (each `*_ms` is 1..=30 days) and with the others:
+        /// R, W <= N and suspicion < down < permanent failure threshold.
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct Config {
             $($(#[doc = $doc])+ pub $key: $ty,)*
@@ -146,7 +147,7 @@ keys! {
     /// How long tombstones are kept before purge [default: 864000000, 10 days].
     tombstone_gc_grace_ms: u64 = 864_000_000, MS, "MS";
     /// Longest key, 1..=64KiB [default: 8KiB].
-    max_key_bytes: usize = 8192, Num::size(65536), "SIZE";
+    max_key_bytes: usize = 8192, Num::size(ringkv_core::MAX_KEY_BYTES as u64), "SIZE";
     /// Longest value, 1..=1GiB [default: 16MiB].
     max_value_bytes: usize = 16 << 20, Num::size(1 << 30), "SIZE";
 }
@@ -154,10 +155,10 @@ keys! {
 /// Where a configuration value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// A command-line flag, e.g. `--http-addr`.
-    Flag(String),
-    /// An environment variable, e.g. `RINGKV_HTTP_ADDR`.
-    Env(String),
+    /// The command-line flag of this key, e.g. `http_addr`: `--http-addr`.
+    Flag(&'static str),
+    /// The environment variable of this key, e.g. `http_addr`: `RINGKV_HTTP_ADDR`.
+    Env(&'static str),
     /// The TOML file at this path.
     File(PathBuf),
     /// The built-in default.
@@ -167,8 +168,8 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Flag(flag) => write!(f, "flag {flag}"),
-            Origin::Env(var) => write!(f, "env {var}"),
+            Origin::Flag(key) => write!(f, "flag --{}", key.replace('_', "-")),
+            Origin::Env(key) => write!(f, "env RINGKV_{}", key.to_ascii_uppercase()),
             Origin::File(path) => write!(f, "file {}", path.display()),
             Origin::Default => f.write_str("the default"),
         }
@@ -191,8 +192,8 @@ pub enum ConfigError {
     ParseFile {
         /// The file.
         path: PathBuf,
-        /// The parse error, with line and column.
-        source: toml::de::Error,
+        /// The parse error, with line and column (boxed: it is large).
+        source: Box<toml::de::Error>,
     },
     /// The config file has a key ringkv does not know, probably a typo.
     #[error("unknown key `{key}` in config file {}{}", .path.display(),
@@ -302,14 +303,12 @@ struct Sources<'a> {
 
 impl Sources<'_> {
     /// The highest-precedence value of `key`; flag and env values are TOML strings.
-    fn get(&self, key: &str) -> Option<(Value, Origin)> {
+    fn get(&self, key: &'static str) -> Option<(Value, Origin)> {
         if let Some(text) = self.args.flag(key) {
-            let flag = format!("--{}", key.replace('_', "-"));
-            return Some((Value::String(text.to_owned()), Origin::Flag(flag)));
+            return Some((Value::String(text.to_owned()), Origin::Flag(key)));
         }
-        let var = format!("RINGKV_{}", key.to_ascii_uppercase());
-        if let Some(text) = nonempty((self.env)(&var)) {
-            return Some((Value::String(text), Origin::Env(var)));
+        if let Some(text) = nonempty((self.env)(&format!("RINGKV_{}", key.to_ascii_uppercase()))) {
+            return Some((Value::String(text), Origin::Env(key)));
         }
         let (path, table) = self.file.as_ref()?;
         Some((table.get(key)?.clone(), Origin::File(path.clone())))
@@ -422,7 +421,11 @@ trait Kind<T> {
     /// Error messages show only the length of a secret.
     const SECRET: bool = false;
     /// What the key accepts, for error messages.
-    fn expected(&self) -> String;
+    const EXPECTED: &'static str = "";
+    /// [`Kind::EXPECTED`], or built from the instance.
+    fn expected(&self) -> String {
+        Self::EXPECTED.to_owned()
+    }
     /// The value of `text` (flag, env, TOML string or integer), `None` if invalid.
     fn parse(&self, text: &str) -> Option<T>;
     /// `value` as TOML, `None` to leave the key out.
@@ -483,9 +486,7 @@ struct NodeId;
 
 impl Kind<Option<u64>> for NodeId {
     const SHAPE: Shape = Shape::TextOrInt;
-    fn expected(&self) -> String {
-        format!("an integer 0..={}", u64::MAX)
-    }
+    const EXPECTED: &'static str = "an integer 0..=18446744073709551615";
     fn parse(&self, text: &str) -> Option<Option<u64>> {
         text.trim().parse().ok().map(Some)
     }
@@ -498,9 +499,7 @@ impl Kind<Option<u64>> for NodeId {
 struct Path;
 
 impl Kind<PathBuf> for Path {
-    fn expected(&self) -> String {
-        "a non-empty path".to_owned()
-    }
+    const EXPECTED: &'static str = "a non-empty path";
     fn parse(&self, text: &str) -> Option<PathBuf> {
         (!text.is_empty()).then(|| PathBuf::from(text))
     }
@@ -512,9 +511,7 @@ impl Kind<PathBuf> for Path {
 struct Addr;
 
 impl Kind<SocketAddr> for Addr {
-    fn expected(&self) -> String {
-        "an ip:port address, e.g. 127.0.0.1:8080".to_owned()
-    }
+    const EXPECTED: &'static str = "an ip:port address, e.g. 127.0.0.1:8080";
     fn parse(&self, text: &str) -> Option<SocketAddr> {
         text.trim().parse().ok()
     }
@@ -527,9 +524,7 @@ struct Seeds;
 
 impl Kind<Vec<String>> for Seeds {
     const SHAPE: Shape = Shape::TextOrList;
-    fn expected(&self) -> String {
-        "host:port peers, comma-separated, each port 1..=65535".to_owned()
-    }
+    const EXPECTED: &'static str = "host:port peers, comma-separated, each port 1..=65535";
     fn parse(&self, text: &str) -> Option<Vec<String>> {
         let seeds = text
             .split(',')
@@ -548,9 +543,7 @@ struct Secret;
 
 impl Kind<Option<String>> for Secret {
     const SECRET: bool = true;
-    fn expected(&self) -> String {
-        "a secret of 16..=1024 bytes".to_owned()
-    }
+    const EXPECTED: &'static str = "a secret of 16..=1024 bytes";
     fn parse(&self, text: &str) -> Option<Option<String>> {
         (16..=1024)
             .contains(&text.len())
@@ -590,7 +583,10 @@ fn read_file(path: PathBuf) -> Result<(PathBuf, toml::Table), ConfigError> {
     };
     let table: toml::Table = match toml::from_str(&text) {
         Ok(table) => table,
-        Err(source) => return Err(ConfigError::ParseFile { path, source }),
+        Err(source) => {
+            let source = Box::new(source);
+            return Err(ConfigError::ParseFile { path, source });
+        }
     };
     if let Some(key) = table.keys().find(|key| !KEYS.contains(&key.as_str())) {
         let distance = |known: &&str| edit_distance(known, key);
@@ -669,318 +665,4 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser as _;
-
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ServerArgs,
-    }
-
-    fn toml_file(text: &str) -> tempfile::NamedTempFile {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), text).unwrap();
-        file
-    }
-
-    /// Loads with these clap-parsed flags, env variables and, if not empty, TOML file.
-    fn load_with(flags: &[&str], env: &[(&str, &str)], toml: &str) -> Result<Config, ConfigError> {
-        let file = toml_file(toml);
-        let mut argv = vec!["ringkv".to_owned()];
-        if !toml.is_empty() {
-            argv.extend(["--config".to_owned(), file.path().display().to_string()]);
-        }
-        argv.extend(flags.iter().map(|flag| flag.to_string()));
-        let args = Cli::try_parse_from(argv).unwrap().args;
-        load_from(&args, &|var| {
-            env.iter()
-                .find(|(k, _)| *k == var)
-                .map(|(_, v)| v.to_string())
-        })
-    }
-
-    fn error_with(flags: &[&str], env: &[(&str, &str)], toml: &str) -> String {
-        load_with(flags, env, toml).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn defaults_apply_when_nothing_is_set() {
-        let config = load_with(&[], &[], "").unwrap();
-        assert_eq!(config, Config::default());
-        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            (config.replication_factor, config.read_quorum, config.vnodes),
-            (3, 2, 256)
-        );
-        assert_eq!(config.max_value_bytes, 16 * 1024 * 1024);
-        assert_eq!(config.tombstone_gc_grace_ms, 10 * 24 * 3600 * 1000);
-        assert_eq!(
-            (config.conflict_policy, config.durability),
-            (ConflictPolicy::Siblings, Durability::Fsync)
-        );
-        assert_eq!((config.node_id, config.cluster_secret), (None, None));
-    }
-
-    /// Each key is set in a different subset of sources; the highest one must win.
-    #[test]
-    fn flag_beats_env_beats_file_beats_default() {
-        let toml = "replication_factor = 5\nvnodes = 64\nhttp_addr = \"0.0.0.0:1\"\ndurability = \"BUFFERED\"";
-        let env = [
-            ("RINGKV_REPLICATION_FACTOR", "6"),
-            ("RINGKV_VNODES", "32"),
-            ("RINGKV_NODE_ID", ""),
-        ];
-        let config = load_with(&["--replication-factor", "4"], &env, toml).unwrap();
-        assert_eq!(config.replication_factor, 4);
-        assert_eq!(config.vnodes, 32);
-        assert_eq!(config.http_addr.to_string(), "0.0.0.0:1");
-        assert_eq!(config.durability, Durability::Buffered);
-        assert_eq!(config.read_quorum, 2);
-        assert_eq!(
-            config.node_id, None,
-            "an empty env variable counts as unset"
-        );
-    }
-
-    #[test]
-    fn config_file_may_be_named_by_env() {
-        let file = toml_file("vnodes = 7\nnode_id = 42\n");
-        let path = file.path().display().to_string();
-        let config = load_with(&["--print-config"], &[("RINGKV_CONFIG", &path)], "").unwrap();
-        assert_eq!((config.vnodes, config.node_id), (7, Some(42)));
-        assert!(
-            Cli::try_parse_from(["ringkv", "--print-config"])
-                .unwrap()
-                .args
-                .print_config
-        );
-    }
-
-    #[test]
-    fn bad_value_names_key_source_value_and_what_is_allowed() {
-        let message = error_with(&[], &[("RINGKV_REPLICATION_FACTOR", "7x")], "");
-        let expected = "invalid value \"7x\" for replication_factor (from env RINGKV_REPLICATION_FACTOR): \
-                        expected an integer 1..=7";
-        assert_eq!(message, expected);
-    }
-
-    #[test]
-    fn cross_key_error_names_both_keys_and_sources() {
-        let message = error_with(&["--read-quorum", "4"], &[], "");
-        let expected = "read_quorum = 4 (from flag --read-quorum) must be <= replication_factor = 3 (from the default)";
-        assert_eq!(message, expected);
-    }
-
-    /// Each case is `SOURCE => FRAGMENTS`: SOURCE is `flag --k=v ...`, `env VAR=value` or
-    /// `file TOML`; the error message must contain every `|`-separated fragment.
-    #[test]
-    fn bad_inputs_are_errors_naming_the_key() {
-        let cases = [
-            "flag --vnodes=4097 => vnodes|flag --vnodes|1..=4096",
-            "flag --node-id=-1 => node_id|\"-1\"",
-            "file gossip_interval_ms = 0 => gossip_interval_ms|\"0\"|(from file /",
-            "file hint_ttl_ms = 2592000001 => hint_ttl_ms|1..=2592000000",
-            "file max_key_bytes = 65537 => max_key_bytes|1..=65536",
-            "file max_value_bytes = \"2GiB\" => max_value_bytes|\"2GiB\"",
-            "env RINGKV_MAX_HINTS_BYTES=10 GiBs => max_hints_bytes|\"10 GiBs\"",
-            "file streaming_bytes_per_sec = 0 => streaming_bytes_per_sec|\"0\"",
-            "flag --http-addr=localhost => http_addr|flag --http-addr|ip:port",
-            "env RINGKV_PEER_ADDR=1.2.3.4 => peer_addr|env RINGKV_PEER_ADDR",
-            "env RINGKV_CONFLICT_POLICY=newest => conflict_policy|\"siblings\", \"lww\"",
-            "flag --durability=sometimes => durability|\"fsync\", \"buffered\"",
-            "flag --data-dir= => data_dir|non-empty",
-            "file replicaton_factor = 3 => `replicaton_factor`|did you mean `replication_factor`?",
-            "file [server]\nport = 1 => unknown key `server`",
-            "file http_addr = 8080 => wrong type for http_addr|found integer 8080|a string",
-            "file vnodes = 1.5 => vnodes|found float",
-            "file durability = true => durability|found boolean",
-            "file seeds = [\"a:1\", 2] => seeds|found array|array of strings",
-            "file seeds = 7 => seeds|found integer",
-            "env RINGKV_REPLICATION_FACTOR=1 => read_quorum|env RINGKV_REPLICATION_FACTOR",
-            "flag --write-quorum=3 --replication-factor=2 => write_quorum = 3|replication_factor = 2",
-            "file suspicion_threshold_ms = 30000 => suspicion_threshold_ms|< down_threshold_ms",
-            "file down_threshold_ms = 600000 => down_threshold_ms|< permanent_failure_threshold_ms",
-        ];
-        for case in cases {
-            let (source, fragments) = case.split_once(" => ").unwrap();
-            let message = match source.split_once(' ').unwrap() {
-                ("flag", flags) => error_with(&flags.split(' ').collect::<Vec<_>>(), &[], ""),
-                ("env", pair) => error_with(&[], &[pair.split_once('=').unwrap()], ""),
-                (_, toml) => error_with(&[], &[], toml),
-            };
-            for fragment in fragments.split('|') {
-                assert!(
-                    message.contains(fragment),
-                    "{case}: {message:?} lacks {fragment:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn cluster_secret_is_checked_but_never_echoed() {
-        let message = error_with(&["--cluster-secret", "hunter2"], &[], "");
-        assert!(
-            message.contains("cluster_secret") && message.contains("7 bytes"),
-            "{message}"
-        );
-        assert!(!message.contains("hunter2"), "{message}");
-        let config = load_with(&[], &[("RINGKV_CLUSTER_SECRET", "0123456789abcdef")], "").unwrap();
-        assert_eq!(config.cluster_secret.as_deref(), Some("0123456789abcdef"));
-    }
-
-    #[test]
-    fn unreadable_or_invalid_file_is_an_error_naming_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("missing.toml");
-        let args = ServerArgs {
-            config: Some(missing.clone()),
-            ..ServerArgs::default()
-        };
-        let message = load_from(&args, &|_| None).unwrap_err().to_string();
-        assert!(
-            message.contains(&missing.display().to_string()),
-            "{message}"
-        );
-        let file = toml_file("vnodes = = 3\n");
-        let args = ServerArgs {
-            config: Some(file.path().to_owned()),
-            ..ServerArgs::default()
-        };
-        let message = load_from(&args, &|_| None).unwrap_err().to_string();
-        assert!(
-            message.contains(&file.path().display().to_string()),
-            "{message}"
-        );
-        assert!(message.contains("not valid TOML"), "{message}");
-    }
-
-    #[test]
-    fn sizes_accept_integers_and_units() {
-        let cases = [
-            ("100", 100),
-            ("100B", 100),
-            ("1KiB", 1024),
-            ("512MiB", 512 << 20),
-            ("50 MB", 50_000_000),
-            ("10gb", 10_000_000_000),
-            (" 2 TiB ", 2 << 40),
-            ("1kb", 1000),
-            ("3TB", 3_000_000_000_000),
-        ];
-        for (text, bytes) in cases {
-            assert_eq!(parse_size(text), Some(bytes), "{text}");
-        }
-        for bad in [
-            "",
-            "MB",
-            "1.5GB",
-            "-1",
-            "10 XB",
-            "99999999999999999999",
-            "20000000TB",
-            "1 K",
-        ] {
-            assert_eq!(parse_size(bad), None, "{bad}");
-        }
-        let config = load_with(
-            &[],
-            &[],
-            "max_hints_bytes = 12345\nstreaming_bytes_per_sec = \"1 MiB\"",
-        )
-        .unwrap();
-        assert_eq!(
-            (config.max_hints_bytes, config.streaming_bytes_per_sec),
-            (12345, 1 << 20)
-        );
-        let config = load_with(&["--max-key-bytes", "64KiB"], &[], "").unwrap();
-        assert_eq!(config.max_key_bytes, 65536);
-    }
-
-    #[test]
-    fn seeds_come_from_lists_or_comma_separated_text() {
-        let toml = "seeds = [\"10.0.0.1:7080\", \"node-b.example:7080\", \"[::1]:7081\"]";
-        let config = load_with(&[], &[], toml).unwrap();
-        assert_eq!(
-            config.seeds,
-            ["10.0.0.1:7080", "node-b.example:7080", "[::1]:7081"]
-        );
-        assert_eq!(
-            load_with(&[], &[], "seeds = \"a:1, b:2,\"").unwrap().seeds,
-            ["a:1", "b:2"]
-        );
-        assert_eq!(
-            load_with(&["--seeds", "a:1,b:2"], &[], "").unwrap().seeds,
-            ["a:1", "b:2"]
-        );
-        assert_eq!(
-            load_with(&[], &[("RINGKV_SEEDS", "x:65535")], "")
-                .unwrap()
-                .seeds,
-            ["x:65535"]
-        );
-        for bad in [
-            "a", ":7080", "a:0", "a:65536", "a:+80", "a:", "::1:7080", "a b:1",
-        ] {
-            let message = error_with(&["--seeds", &format!("ok:1,{bad}")], &[], "");
-            assert!(
-                message.contains("for seeds (from flag --seeds)") && message.contains(bad),
-                "{message}"
-            );
-        }
-    }
-
-    /// Every key differs from its default, so a key missing from the output would fail.
-    #[test]
-    fn to_toml_round_trips() {
-        let config = Config {
-            node_id: Some(u64::MAX),
-            data_dir: PathBuf::from("/var/lib/ringkv \"x\""),
-            http_addr: "[::1]:1".parse().unwrap(),
-            resp_addr: "0.0.0.0:2".parse().unwrap(),
-            peer_addr: "10.1.2.3:3".parse().unwrap(),
-            seeds: vec!["a:1".into(), "[::1]:2".into()],
-            cluster_secret: Some("s3cret\\with\"quotes\"".into()),
-            replication_factor: 5,
-            read_quorum: 4,
-            write_quorum: 1,
-            vnodes: 16,
-            conflict_policy: ConflictPolicy::Lww,
-            durability: Durability::Buffered,
-            gossip_interval_ms: 10,
-            suspicion_threshold_ms: 20,
-            down_threshold_ms: 30,
-            permanent_failure_threshold_ms: 40,
-            hint_ttl_ms: 50,
-            max_hints_bytes: 60,
-            streaming_bytes_per_sec: 70,
-            anti_entropy_interval_ms: 80,
-            request_timeout_ms: 90,
-            tombstone_gc_grace_ms: 100,
-            max_key_bytes: 110,
-            max_value_bytes: 120,
-        };
-        for original in [
-            config,
-            Config::default(),
-            Config {
-                node_id: Some(7),
-                ..Config::default()
-            },
-        ] {
-            let text = original.to_toml();
-            assert_eq!(load_with(&[], &[], &text).unwrap(), original, "{text}");
-        }
-        let text = Config::default().to_toml();
-        assert!(
-            !text.contains("node_id") && text.contains("max_hints_bytes = 10000000000\n"),
-            "{text}"
-        );
-        assert_eq!(
-            text.lines().filter(|line| line.contains(" = ")).count(),
-            KEYS.len() - 2
-        );
-    }
-}
+mod tests;

@@ -22,7 +22,11 @@ pub enum ApiError {
         "{acked} of {required} required replicas acknowledged{}",
         if *write { "; the write may have been applied on some replicas" } else { "" }
     )]
-    QuorumUnavailable { acked: u8, required: u8, write: bool },
+    QuorumUnavailable {
+        acked: u8,
+        required: u8,
+        write: bool,
+    },
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
     #[error("{0}")]

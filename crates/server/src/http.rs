@@ -92,7 +92,11 @@ impl AppState {
     /// configured default. An explicit count above N is a bad request; one above the
     /// replicas that exist is a quorum that cannot be met.
     fn required(&self, query: &Query, name: &'static str, write: bool) -> Result<u8, ApiError> {
-        let default = if write { self.write_quorum } else { self.read_quorum };
+        let default = if write {
+            self.write_quorum
+        } else {
+            self.read_quorum
+        };
         let required = match query.quorum(name)? {
             Some(Quorum::Exactly(count)) => Quorum::Exactly(count)
                 .required(name, self.replication_factor)
@@ -103,7 +107,11 @@ impl AppState {
             None => default.min(self.replicas),
         };
         if required > self.replicas {
-            return Err(ApiError::QuorumUnavailable { acked: 0, required, write });
+            return Err(ApiError::QuorumUnavailable {
+                acked: 0,
+                required,
+                write,
+            });
         }
         Ok(required)
     }
@@ -192,7 +200,9 @@ async fn get_kv(
 fn sibling_bytes(sibling: &Sibling) -> Result<&Bytes, ApiError> {
     match &sibling.body {
         Body::Bytes(bytes) => Ok(bytes),
-        Body::Tombstone => Err(ApiError::Internal("a tombstone was shown as a value".into())),
+        Body::Tombstone => Err(ApiError::Internal(
+            "a tombstone was shown as a value".into(),
+        )),
         Body::Crdt(_) => Err(ApiError::invalid(
             "this key holds a CRDT; read it under /v1/crdt/{type}/{key}",
         )),
@@ -228,7 +238,11 @@ async fn put_kv(
     let max_value = app.limits.max_value_bytes;
     let (value, ttl, seen) = if request::is_octet_stream(&parts.headers) {
         let value = request::read_body(body, &parts.headers, max_value).await?;
-        (value, query.ttl()?, request::version_header(&parts.headers)?)
+        (
+            value,
+            query.ttl()?,
+            request::version_header(&parts.headers)?,
+        )
     } else {
         // JSON escapes can double a value's size; values heavier than that in
         // escapes belong in application/octet-stream.
@@ -241,9 +255,13 @@ async fn put_kv(
             (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
                 .decode(encoded.as_bytes())
                 .map(Bytes::from)
-                .map_err(|error| ApiError::invalid(format!("`value_base64` is not base64: {error}")))?,
+                .map_err(|error| {
+                    ApiError::invalid(format!("`value_base64` is not base64: {error}"))
+                })?,
             (Some(_), Some(_)) => {
-                return Err(ApiError::invalid("give either `value` or `value_base64`, not both"));
+                return Err(ApiError::invalid(
+                    "give either `value` or `value_base64`, not both",
+                ));
             }
             (None, None) => return Err(ApiError::invalid("missing `value`")),
         };
@@ -254,20 +272,31 @@ async fn put_kv(
             )));
         }
         let ttl = match (put.ttl, query.ttl()?) {
-            (Some(_), Some(_)) => return Err(ApiError::invalid("give `ttl` in the body or the query, not both")),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "give `ttl` in the body or the query, not both",
+                ));
+            }
             (Some(secs), None) => Some(request::ttl_from_secs(secs)?),
             (None, from_query) => from_query,
         };
         let seen = match (put.version, request::version_header(&parts.headers)?) {
             (Some(_), Some(_)) => {
-                return Err(ApiError::invalid("give the version in the body or the header, not both"));
+                return Err(ApiError::invalid(
+                    "give the version in the body or the header, not both",
+                ));
             }
             (Some(token), None) => Some(request::version_from_token(&token)?),
             (None, from_header) => from_header,
         };
         (value, ttl, seen)
     };
-    let write = Write { key, body: WriteBody::Value(value), seen: seen.unwrap_or_default(), ttl };
+    let write = Write {
+        key,
+        body: WriteBody::Value(value),
+        seen: seen.unwrap_or_default(),
+        ttl,
+    };
     apply(&app, write).await
 }
 
@@ -290,12 +319,19 @@ async fn delete_kv(
     };
     let seen = match (from_body, request::version_header(&parts.headers)?) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("give the version in the body or the header, not both"));
+            return Err(ApiError::invalid(
+                "give the version in the body or the header, not both",
+            ));
         }
         (Some(token), None) => Some(request::version_from_token(&token)?),
         (None, from_header) => from_header,
     };
-    let write = Write { key, body: WriteBody::Delete, seen: seen.unwrap_or_default(), ttl: None };
+    let write = Write {
+        key,
+        body: WriteBody::Delete,
+        seen: seen.unwrap_or_default(),
+        ttl: None,
+    };
     apply(&app, write).await
 }
 
@@ -314,4 +350,3 @@ async fn apply(app: &AppState, write: Write) -> Result<Response, ApiError> {
 
 /// How long a graceful shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-

@@ -50,7 +50,10 @@ fn stored_u64(engine: &dyn Engine, name: &'static str) -> Result<Option<u64>, Id
             let bytes: [u8; 8] = raw
                 .as_slice()
                 .try_into()
-                .map_err(|_| IdentityError::Corrupt { name, len: raw.len() })?;
+                .map_err(|_| IdentityError::Corrupt {
+                    name,
+                    len: raw.len(),
+                })?;
             Ok(Some(u64::from_be_bytes(bytes)))
         }
     }
@@ -81,5 +84,8 @@ pub fn load(engine: &dyn Engine, configured: Option<u64>) -> Result<Identity, Id
             actor
         }
     };
-    Ok(Identity { node_id, actor: ActorId(actor) })
+    Ok(Identity {
+        node_id,
+        actor: ActorId(actor),
+    })
 }

@@ -55,7 +55,9 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+            })
     }
 }
 
@@ -76,11 +78,17 @@ impl Server {
     /// Storage that cannot be opened, an identity mismatch, an address in use.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let data_dir = config.data_dir.clone();
-        let options = FjallOptions { durability: config.durability, ..FjallOptions::default() };
+        let options = FjallOptions {
+            durability: config.durability,
+            ..FjallOptions::default()
+        };
         let engine = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&data_dir).map_err(|error| StartError::Storage {
                 path: data_dir.display().to_string(),
-                source: ringkv_storage::StorageError::Open { path: data_dir.clone(), reason: error.to_string() },
+                source: ringkv_storage::StorageError::Open {
+                    path: data_dir.clone(),
+                    reason: error.to_string(),
+                },
             })?;
             FjallEngine::open(&data_dir, options).map_err(|source| StartError::Storage {
                 path: data_dir.display().to_string(),
@@ -99,10 +107,14 @@ impl Server {
         };
         let listener = TcpListener::bind(config.http_addr)
             .await
-            .map_err(|source| StartError::Bind { addr: config.http_addr, source })?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr: config.http_addr, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
 
         let node = Arc::new(Node::new(
             engine.clone() as Arc<dyn Engine>,
@@ -169,7 +181,14 @@ impl Server {
             })
         };
         tracing::info!(node_id = identity.node_id, %http_addr, "ringkv node serving");
-        Ok(Server { node_id: identity.node_id, http_addr, shutdown, http, upkeep, engine })
+        Ok(Server {
+            node_id: identity.node_id,
+            http_addr,
+            shutdown,
+            http,
+            upkeep,
+            engine,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -186,7 +205,10 @@ impl Server {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let mut http = self.http;
-        if tokio::time::timeout(http::SHUTDOWN_GRACE, &mut http).await.is_err() {
+        if tokio::time::timeout(http::SHUTDOWN_GRACE, &mut http)
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight requests did not finish within the grace period; closing");
             http.abort();
         }
@@ -206,7 +228,11 @@ impl Server {
 /// Whatever stops the node from starting.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let server = Server::start(config).await?;
-    println!("ringkv node {} serving http on {}", server.node_id(), server.http_addr());
+    println!(
+        "ringkv node {} serving http on {}",
+        server.node_id(),
+        server.http_addr()
+    );
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.stop().await;
@@ -215,7 +241,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -14,8 +14,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Latency buckets in seconds: fine below 10 ms, where the targets are.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// The process's metrics handle, installing the recorder on first use. Several
@@ -31,7 +31,9 @@ pub fn handle() -> PrometheusHandle {
             };
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics shows only ours");
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only ours"
+                );
             }
             handle
         })
@@ -57,7 +59,10 @@ pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let op = operation(
         request.method(),
-        request.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
     );
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

@@ -52,7 +52,9 @@ impl Query {
                 )));
             }
             if params.insert(name.clone(), value).is_some() {
-                return Err(ApiError::invalid(format!("query parameter `{name}` given twice")));
+                return Err(ApiError::invalid(format!(
+                    "query parameter `{name}` given twice"
+                )));
             }
         }
         Ok(Query(params))
@@ -92,7 +94,9 @@ impl Query {
         self.get("ttl")
             .map(|raw| {
                 raw.parse::<u64>()
-                    .map_err(|_| ApiError::invalid(format!("`ttl` must be whole seconds, got \"{raw}\"")))
+                    .map_err(|_| {
+                        ApiError::invalid(format!("`ttl` must be whole seconds, got \"{raw}\""))
+                    })
                     .and_then(ttl_from_secs)
             })
             .transpose()
@@ -138,9 +142,9 @@ pub fn accepts_octet_stream(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|accept| {
-            accept
-                .split(',')
-                .any(|item| item.split(';').next().map(str::trim) == Some("application/octet-stream"))
+            accept.split(',').any(|item| {
+                item.split(';').next().map(str::trim) == Some("application/octet-stream")
+            })
         })
 }
 
@@ -165,7 +169,9 @@ pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(error) => Err(ApiError::invalid(format!("could not read request body: {error}"))),
+        Err(error) => Err(ApiError::invalid(format!(
+            "could not read request body: {error}"
+        ))),
     }
 }
 
@@ -178,7 +184,10 @@ mod tests {
         let limits = Limits::default();
         let key = key_from_path("/v1/kv/a%2Fb/c%FF", &limits).unwrap();
         assert_eq!(key.as_bytes(), b"a/b/c\xff");
-        assert!(matches!(key_from_path("/v1/kv/", &limits), Err(ApiError::InvalidRequest(_))));
+        assert!(matches!(
+            key_from_path("/v1/kv/", &limits),
+            Err(ApiError::InvalidRequest(_))
+        ));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! process on 127.0.0.1 with port 0: happy paths, conflicts, TTL, and every kind of
 //! bad input the foundation issue lists (none may panic, hang or change data).
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on anything unexpected.
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -21,13 +23,24 @@ impl TestNode {
     }
 
     async fn put_json(&self, key: &str, body: Value) -> (StatusCode, Value) {
-        let response = self.client.put(self.url(&format!("/v1/kv/{key}"))).json(&body).send().await.unwrap();
+        let response = self
+            .client
+            .put(self.url(&format!("/v1/kv/{key}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     async fn get_json(&self, key: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(&format!("/v1/kv/{key}"))).send().await.unwrap();
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/kv/{key}")))
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -40,18 +53,24 @@ impl TestNode {
 }
 
 fn test_config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_path_buf();
-    config.http_addr = "127.0.0.1:0".parse().unwrap();
-    config.max_value_bytes = 1024;
-    config.max_key_bytes = 64;
-    config
+    Config {
+        data_dir: dir.to_path_buf(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        max_value_bytes: 1024,
+        max_key_bytes: 64,
+        ..Config::default()
+    }
 }
 
 async fn start_with(dir: tempfile::TempDir, config: Config) -> TestNode {
     let server = Server::start(config).await.expect("server starts");
     let base = format!("http://{}", server.http_addr());
-    TestNode { server: Some(server), base, client: reqwest::Client::new(), _dir: dir }
+    TestNode {
+        server: Some(server),
+        base,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
 }
 
 async fn start() -> TestNode {
@@ -81,9 +100,16 @@ async fn json_value_round_trips() {
 #[tokio::test]
 async fn keys_may_contain_slashes_and_any_bytes() {
     let node = start().await;
-    assert_eq!(node.put_json("a%2Fb/c%FF", json!({"value": "x"})).await.0, 200);
+    assert_eq!(
+        node.put_json("a%2Fb/c%FF", json!({"value": "x"})).await.0,
+        200
+    );
     assert_eq!(node.get_json("a%2Fb/c%FF").await.1["value"], "x");
-    assert_eq!(node.get_json("a/b/c%FF").await.1["value"], "x", "%2F and / are the same byte");
+    assert_eq!(
+        node.get_json("a/b/c%FF").await.1["value"],
+        "x",
+        "%2F and / are the same byte"
+    );
     assert_eq!(node.get_json("a/b/c").await.0, 404);
     node.stop().await;
 }
@@ -114,7 +140,11 @@ async fn raw_bytes_round_trip_with_version_header() {
     // As JSON, bytes that are not UTF-8 come back base64-encoded.
     let (_, got) = node.get_json("raw").await;
     assert_eq!(got["value_base64"], "AJ+Slv8=");
-    assert!(got["ttl"].as_u64().is_some_and(|ttl| (59..=60).contains(&ttl)));
+    assert!(
+        got["ttl"]
+            .as_u64()
+            .is_some_and(|ttl| (59..=60).contains(&ttl))
+    );
     node.stop().await;
 }
 
@@ -127,7 +157,12 @@ async fn concurrent_blind_writes_give_siblings_and_the_version_resolves_them() {
     assert_eq!(status, 300);
     assert_eq!(got["siblings"], json!(["a", "b"]));
     let version = got["version"].as_str().unwrap().to_string();
-    assert_eq!(node.put_json("k", json!({"value": "c", "version": version})).await.0, 200);
+    assert_eq!(
+        node.put_json("k", json!({"value": "c", "version": version}))
+            .await
+            .0,
+        200
+    );
     let (status, got) = node.get_json("k").await;
     assert_eq!(status, 200);
     assert_eq!(got["value"], "c");
@@ -138,7 +173,9 @@ async fn concurrent_blind_writes_give_siblings_and_the_version_resolves_them() {
 async fn write_with_read_version_supersedes_and_delete_hides() {
     let node = start().await;
     let (_, first) = node.put_json("k", json!({"value": "a"})).await;
-    let (_, second) = node.put_json("k", json!({"value": "b", "version": first["version"]})).await;
+    let (_, second) = node
+        .put_json("k", json!({"value": "b", "version": first["version"]}))
+        .await;
     assert_eq!(node.get_json("k").await.1["value"], "b");
     let response = node
         .client
@@ -152,7 +189,12 @@ async fn write_with_read_version_supersedes_and_delete_hides() {
     assert_eq!(body["status"], "ok");
     assert_eq!(node.get_json("k").await.0, 404);
     // Deleting a key that never existed is fine too.
-    let response = node.client.delete(node.url("/v1/kv/never")).send().await.unwrap();
+    let response = node
+        .client
+        .delete(node.url("/v1/kv/never"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     node.stop().await;
 }
@@ -160,7 +202,10 @@ async fn write_with_read_version_supersedes_and_delete_hides() {
 #[tokio::test]
 async fn expired_values_read_as_absent() {
     let node = start().await;
-    assert_eq!(node.put_json("t", json!({"value": "x", "ttl": 1})).await.0, 200);
+    assert_eq!(
+        node.put_json("t", json!({"value": "x", "ttl": 1})).await.0,
+        200
+    );
     assert_eq!(node.get_json("t").await.0, 200);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(node.get_json("t").await.0, 404);
@@ -196,7 +241,11 @@ async fn bad_json_bodies_are_400_and_change_nothing() {
         let answer: Value = response.json().await.unwrap();
         assert_eq!(status, 400, "body {:?}", String::from_utf8_lossy(&body));
         assert_eq!(error_code(&answer), "invalid_request");
-        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     assert_eq!(node.get_json("k").await.1["value"], "original");
     node.stop().await;
@@ -205,7 +254,13 @@ async fn bad_json_bodies_are_400_and_change_nothing() {
 #[tokio::test]
 async fn bad_ttls_are_400() {
     let node = start().await;
-    for ttl in [json!(0), json!(-5), json!(1.5), json!(u64::MAX), json!(400_000_000u64)] {
+    for ttl in [
+        json!(0),
+        json!(-5),
+        json!(1.5),
+        json!(u64::MAX),
+        json!(400_000_000u64),
+    ] {
         let (status, body) = node.put_json("k", json!({"value": "x", "ttl": ttl})).await;
         assert_eq!(status, 400, "ttl {ttl}");
         assert_eq!(error_code(&body), "invalid_request");
@@ -229,7 +284,9 @@ async fn bad_ttls_are_400() {
 async fn bad_version_tokens_are_400() {
     let node = start().await;
     for token in ["not base64!", "AAAA", "AQ", ""] {
-        let (status, body) = node.put_json("k", json!({"value": "x", "version": token})).await;
+        let (status, body) = node
+            .put_json("k", json!({"value": "x", "version": token}))
+            .await;
         assert_eq!(status, 400, "token {token:?}");
         assert_eq!(error_code(&body), "invalid_request");
     }
@@ -281,7 +338,12 @@ async fn quorums_beyond_the_replicas_that_exist_are_unavailable() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("0 of 2"), "{message}");
     // one / quorum / all resolve against the replicas a key has.
-    assert_eq!(node.put_json("k?consistency=all", json!({"value": "x"})).await.0, 200);
+    assert_eq!(
+        node.put_json("k?consistency=all", json!({"value": "x"}))
+            .await
+            .0,
+        200
+    );
     assert_eq!(node.get_json("k?r=1").await.0, 200);
     node.stop().await;
 }
@@ -300,7 +362,8 @@ async fn oversized_values_are_413_before_buffering_and_store_nothing() {
         .unwrap();
     assert_eq!(response.status(), 413);
     // Streamed without a length: refused once the limit is crossed.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64).map(|_| Ok(vec![b'x'; 512])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64).map(|_| Ok(vec![b'x'; 512])).collect();
     let response = node
         .client
         .put(node.url("/v1/kv/big"))
@@ -312,11 +375,18 @@ async fn oversized_values_are_413_before_buffering_and_store_nothing() {
         assert_eq!(response.status(), 413);
     } // else: the server closed the connection mid-upload, also a refusal.
     // A JSON value over the limit.
-    let (status, body) = node.put_json("big", json!({"value": "x".repeat(1025)})).await;
+    let (status, body) = node
+        .put_json("big", json!({"value": "x".repeat(1025)}))
+        .await;
     assert_eq!(status, 413);
     assert_eq!(error_code(&body), "too_large");
     // A value exactly at the limit is fine.
-    assert_eq!(node.put_json("edge", json!({"value": "x".repeat(1024)})).await.0, 200);
+    assert_eq!(
+        node.put_json("edge", json!({"value": "x".repeat(1024)}))
+            .await
+            .0,
+        200
+    );
     assert_eq!(node.get_json("big").await.0, 404);
     node.stop().await;
 }
@@ -344,7 +414,12 @@ async fn corrupt_record_answers_500_and_the_node_keeps_serving() {
     let (status, body) = node.get_json("broken").await;
     assert_eq!(status, 500);
     assert_eq!(error_code(&body), "corrupt_record");
-    assert!(body["error"]["message"].as_str().unwrap().contains("broken"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broken")
+    );
     // A write on top does not overwrite it blindly either.
     assert_eq!(node.put_json("broken", json!({"value": "x"})).await.0, 500);
     // Everything else still works.
@@ -356,18 +431,62 @@ async fn corrupt_record_answers_500_and_the_node_keeps_serving() {
 #[tokio::test]
 async fn health_metrics_and_status() {
     let node = start().await;
-    assert_eq!(node.client.get(node.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        node.client
+            .get(node.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     node.put_json("m", json!({"value": "x"})).await;
     node.get_json("m").await;
     node.get_json("absent").await;
-    let metrics = node.client.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ringkv_http_requests_total{op=\"put\",status=\"200\"}"), "{metrics}");
-    assert!(metrics.contains("ringkv_http_requests_total{op=\"get\",status=\"404\"}"), "{metrics}");
-    assert!(metrics.contains("ringkv_http_request_duration_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains("ringkv_storage_sync_batch_writes"), "{metrics}");
-    let status: Value = node.client.get(node.url("/v1/cluster/status")).send().await.unwrap().json().await.unwrap();
+    let metrics = node
+        .client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ringkv_http_requests_total{op=\"put\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringkv_http_requests_total{op=\"get\",status=\"404\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringkv_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringkv_storage_sync_batch_writes"),
+        "{metrics}"
+    );
+    let status: Value = node
+        .client
+        .get(node.url("/v1/cluster/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["nodes"][0]["status"], "healthy");
-    assert_eq!(node.client.get(node.url("/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        node.client
+            .get(node.url("/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     node.stop().await;
 }
 

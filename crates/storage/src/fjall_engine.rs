@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use ringkv_core::{Key, Record, TokenRange};
 
-use crate::group_commit::{GroupCommit, SyncStats};
+use crate::group_commit::{GroupCommit, Persist, SyncStats};
+use crate::journal_file::JournalFile;
 use crate::stripes::Stripes;
 use crate::{Durability, Engine, StorageError, SyncWait, check_meta, decode_record, storage_key};
 
@@ -77,16 +78,7 @@ impl FjallEngine {
         let meta = db
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(open_error)?;
-        let mode = match options.durability {
-            Durability::Fsync => PersistMode::SyncData,
-            Durability::Buffered => PersistMode::Buffer,
-        };
-        let syncer_db = db.clone();
-        let group_commit = GroupCommit::start(Box::new(move || {
-            syncer_db
-                .persist(mode)
-                .map_err(|error| StorageError::from_fjall("journal persist", error))
-        }))?;
+        let group_commit = GroupCommit::start(persist(&db, path, options.durability))?;
         tracing::info!(path = %path.display(), durability = ?options.durability, "storage opened");
         Ok(FjallEngine {
             path: path.to_path_buf(),
@@ -138,6 +130,42 @@ impl FjallEngine {
         match self.group_commit.refusal() {
             Some(refusal) => Err(refusal),
             None => Ok(()),
+        }
+    }
+}
+
+/// What the syncer calls for each batch. See `journal_file` for why `Fsync` does not
+/// simply call `persist(SyncData)`.
+fn persist(db: &Database, path: &Path, durability: Durability) -> Persist {
+    let db = db.clone();
+    let buffer = move |db: &Database| {
+        db.persist(PersistMode::Buffer)
+            .map_err(|error| StorageError::from_fjall("journal flush", error))
+    };
+    match durability {
+        Durability::Buffered => Box::new(move || buffer(&db)),
+        Durability::Fsync if std::env::var_os("RINGKV_STORAGE_FJALL_PERSIST").is_some() => {
+            Box::new(move || {
+                db.persist(PersistMode::SyncData)
+                    .map_err(|error| StorageError::from_fjall("journal fdatasync", error))
+            })
+        }
+        Durability::Fsync => {
+            let mut journal = JournalFile::new(path);
+            Box::new(move || {
+                buffer(&db)?;
+                match journal.sync_data() {
+                    Ok(Some(_)) => Ok(()),
+                    // No journal file found: let fjall sync it, under its lock.
+                    Ok(None) => db
+                        .persist(PersistMode::SyncData)
+                        .map_err(|error| StorageError::from_fjall("journal fdatasync", error)),
+                    Err(error) => Err(StorageError::Io {
+                        operation: "journal fdatasync",
+                        reason: error.to_string(),
+                    }),
+                }
+            })
         }
     }
 }

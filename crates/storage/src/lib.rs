@@ -10,6 +10,7 @@
 //! * `sync_wait`: `SyncWait`, the future/blocking handle a `sync` returns.
 //! * `group_commit`: the syncer thread that makes many writes durable with one persist.
 //! * `fjall_engine`: `FjallEngine`, the real engine (fjall LSM tree), `FjallOptions`.
+//! * `journal_file`: fdatasync of fjall's journal outside its lock (why: see there).
 //! * `memory`: `MemoryEngine`, for tests and the simulator: no threads, no clock, and a
 //!   `crash` that loses unsynced writes.
 //!
@@ -21,6 +22,7 @@
 mod error;
 mod fjall_engine;
 mod group_commit;
+mod journal_file;
 mod memory;
 pub mod storage_key;
 mod stripes;

@@ -1,6 +1,9 @@
 //! What survives: fjall data across close and reopen, group commit sharing persists,
 //! the memory engine's crash losing exactly the unsynced writes.
 
+// Test code (clippy.toml allows unwrap in #[test] fns; these are its helpers).
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use bytes::Bytes;

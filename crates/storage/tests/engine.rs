@@ -2,6 +2,9 @@
 //! (`engine_suite!`), plus what only one engine has: fjall's reopen and group
 //! commit, the memory engine's crash.
 
+// Test code (clippy.toml allows unwrap in #[test] fns; these are its helpers).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
