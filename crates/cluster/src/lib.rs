@@ -8,6 +8,7 @@
 //! * `clock`: the `Clock` trait (wall time in ms) and a manual clock for tests.
 //! * `quorum`: per-request `r`/`w`/`consistency`, resolved against N.
 //! * `node`: `Node`, the local replica: versioned writes (DVV update), reads, TTL.
+//! * `transport`: the `Transport` trait (calls to peers and to itself), `Spawn`.
 //!
 //! Today a node is a cluster of one (N = 1); the coordinator, replication and
 //! failure handling arrive with their issues.
@@ -15,7 +16,9 @@
 pub mod clock;
 pub mod node;
 pub mod quorum;
+pub mod transport;
 
 pub use clock::{Clock, ManualClock};
 pub use node::{Node, NodeError, Write, WriteBody, Written};
 pub use quorum::{Quorum, QuorumError};
+pub use transport::{BoxFuture, Peer, Spawn, Transport, TransportError};

@@ -219,6 +219,34 @@ impl Context {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
 
+    /// The raw form of the token (what `to_token` base64-encodes), for peer messages.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut raw = vec![CONTEXT_FORMAT_V1];
+        raw.extend(postcard::to_stdvec(&context_to_wire(self)).expect("context encoding is infallible"));
+        raw
+    }
+
+    /// Parses the raw form of a context (from a peer).
+    ///
+    /// # Errors
+    /// Bytes that `to_bytes` could not have produced.
+    pub fn from_bytes(raw: &[u8]) -> Result<Context, ParseVersionError> {
+        if raw.len() > MAX_VERSION_TOKEN_LEN {
+            return Err(ParseVersionError::TooLong);
+        }
+        let (&format, rest) =
+            raw.split_first().ok_or_else(|| ParseVersionError::Invalid("empty".into()))?;
+        if format != CONTEXT_FORMAT_V1 {
+            return Err(ParseVersionError::Invalid(format!("unknown format {format}")));
+        }
+        let (wire, trailing) = postcard::take_from_bytes::<ContextV1>(rest)
+            .map_err(|error| ParseVersionError::Invalid(error.to_string()))?;
+        if !trailing.is_empty() {
+            return Err(ParseVersionError::Invalid(format!("{} trailing bytes", trailing.len())));
+        }
+        context_from_wire(wire).map_err(ParseVersionError::Invalid)
+    }
+
     /// Parses a client's version token.
     ///
     /// # Errors
@@ -230,23 +258,7 @@ impl Context {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token.trim_end_matches('='))
             .map_err(|error| ParseVersionError::NotBase64(error.to_string()))?;
-        let (&format, rest) = raw
-            .split_first()
-            .ok_or_else(|| ParseVersionError::Invalid("empty".into()))?;
-        if format != CONTEXT_FORMAT_V1 {
-            return Err(ParseVersionError::Invalid(format!(
-                "unknown format {format}"
-            )));
-        }
-        let (wire, trailing) = postcard::take_from_bytes::<ContextV1>(rest)
-            .map_err(|error| ParseVersionError::Invalid(error.to_string()))?;
-        if !trailing.is_empty() {
-            return Err(ParseVersionError::Invalid(format!(
-                "{} trailing bytes",
-                trailing.len()
-            )));
-        }
-        context_from_wire(wire).map_err(ParseVersionError::Invalid)
+        Context::from_bytes(&raw)
     }
 }
 

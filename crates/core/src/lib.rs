@@ -10,6 +10,8 @@
 //! * `dvv`: `ActorId`, `Dot`, `Context`, `DvvSet` with `sync` / `update`.
 //! * `record`: `Record` (siblings of a key), `Sibling`, `Body`, `ReadView`, `ConflictPolicy`.
 //! * `codec`: the stored record format and the client version token.
+//! * `member`: `NodeId`, `Member` (what nodes tell each other about a node).
+//! * `wire`: `PeerRequest` / `PeerResponse`, the messages of the internal RPC.
 //!
 //! Limits: keys ≤ `MAX_KEY_BYTES` (32 KiB) whatever the config says; version tokens ≤
 //! `MAX_VERSION_TOKEN_LEN`; dot counters ≤ `MAX_COUNTER`.
@@ -18,12 +20,15 @@ pub mod codec;
 pub mod dvv;
 pub mod hlc;
 pub mod key;
+pub mod member;
 pub mod record;
 pub mod token;
+pub mod wire;
 
 pub use codec::{DecodeRecordError, MAX_VERSION_TOKEN_LEN, ParseVersionError};
 pub use dvv::{ActorId, Context, Dot, DvvSet, MAX_COUNTER};
 pub use hlc::{Hlc, HlcClock};
 pub use key::{Key, Limits, MAX_KEY_BYTES, ParseKeyError};
+pub use member::{Member, MemberState, NodeId};
 pub use record::{Body, ConflictPolicy, ReadView, Record, Sibling};
 pub use token::{Token, TokenRange};

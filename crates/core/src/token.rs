@@ -1,7 +1,9 @@
 //! Ring positions: a key's 128-bit token (xxh3-128) and inclusive token ranges.
 
+use serde::{Deserialize, Serialize};
+
 /// A position on the 2^128 ring: the xxh3-128 hash of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Token(pub u128);
 
 impl Token {

@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release -p ringkv-storage --example durable_writes -- \
 //!     [--dir DIR] [--writers 1,16,64] [--seconds 5] [--value-bytes 100] \
-//!     [--durability fsync|buffered] [--json]
+//!     [--durability fsync|buffered] [--journal-sync unlocked|locked] [--json]
 //! ```
 //! `--dir` defaults to `./target/durable-writes-bench` (the disk of the current
 //! directory; /tmp may be a tmpfs, where fdatasync costs nothing). Each run uses a
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringkv_core::{ActorId, Body, Context, Hlc, Key, Record, Sibling};
-use ringkv_storage::{Durability, Engine, FjallEngine, FjallOptions};
+use ringkv_storage::{Durability, Engine, FjallEngine, FjallOptions, JournalSync};
 
 struct Args {
     dir: PathBuf,
@@ -31,6 +31,7 @@ struct Args {
     seconds: f64,
     value_bytes: usize,
     durability: Durability,
+    journal_sync: JournalSync,
     json: bool,
 }
 
@@ -41,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 5.0,
         value_bytes: 100,
         durability: Durability::Fsync,
+        journal_sync: JournalSync::default(),
         json: false,
     };
     let mut raw = std::env::args().skip(1);
@@ -79,11 +81,19 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--durability {other}: fsync or buffered")),
                 }
             }
+            "--journal-sync" => {
+                args.journal_sync = match value()?.as_str() {
+                    "unlocked" => JournalSync::Unlocked,
+                    "locked" => JournalSync::Locked,
+                    other => return Err(format!("--journal-sync {other}: unlocked or locked")),
+                }
+            }
             "--json" => args.json = true,
             "--help" | "-h" => {
                 return Err(
                     "usage: durable_writes [--dir DIR] [--writers 1,16,64] [--seconds 5] \
-                            [--value-bytes 100] [--durability fsync|buffered] [--json]"
+                            [--value-bytes 100] [--durability fsync|buffered] \
+                            [--journal-sync unlocked|locked] [--json]"
                         .into(),
                 );
             }
@@ -172,6 +182,7 @@ fn durable_writes(dir: &Path, args: &Args, writers: usize) -> Result<Run, String
         dir,
         FjallOptions {
             durability: args.durability,
+            journal_sync: args.journal_sync,
             ..FjallOptions::default()
         },
     )
@@ -291,11 +302,12 @@ fn measure(args: &Args, base: &Path, fs: &str) -> Result<(), String> {
         .map_err(|e| format!("raw fdatasync in {}: {e}", base.display()))?;
     if !args.json {
         println!(
-            "dir {} ({fs}), {} s per run, {} B values, durability {:?}",
+            "dir {} ({fs}), {} s per run, {} B values, durability {:?}, journal sync {:?}",
             base.display(),
             args.seconds,
             args.value_bytes,
-            args.durability
+            args.durability,
+            args.journal_sync
         );
         println!(
             "raw fdatasync (1 thread): {:.0}/s, mean {:.0} us, p50 {:.0} us, p99 {:.0} us",

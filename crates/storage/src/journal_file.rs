@@ -86,3 +86,51 @@ impl JournalFile {
         Ok(active)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjall::{CompressionType, Database, KeyspaceCreateOptions, PersistMode};
+
+    fn contains(path: &Path, needle: &[u8]) -> bool {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(needle.len()).any(|window| window == needle)
+    }
+
+    /// Pins the fjall behaviour `JournalFile` relies on: what `persist(Buffer)` flushed
+    /// is in the file it syncs, before and after fjall rotates its journal.
+    #[test]
+    fn synced_file_holds_the_flushed_writes_across_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path())
+            .manual_journal_persist(true)
+            .journal_compression(CompressionType::None)
+            .open()
+            .unwrap();
+        let data = db.keyspace("data", KeyspaceCreateOptions::default).unwrap();
+        let mut journal = JournalFile::new(dir.path());
+
+        data.insert("first-key", "v").unwrap();
+        db.persist(PersistMode::Buffer).unwrap();
+        let first = journal
+            .sync_data()
+            .unwrap()
+            .expect("fjall keeps <id>.jnl files");
+        assert!(contains(&first, b"first-key"));
+
+        // fjall rotates its journal at a memtable flush once it passed 64 MB.
+        let value = vec![7u8; 1024 * 1024];
+        for i in 0..66 {
+            data.insert(format!("big-{i}"), value.as_slice()).unwrap();
+        }
+        data.rotate_memtable_and_wait().unwrap();
+        data.insert("after-rotation", "v").unwrap();
+        db.persist(PersistMode::Buffer).unwrap();
+        let second = journal
+            .sync_data()
+            .unwrap()
+            .expect("fjall keeps <id>.jnl files");
+        assert_ne!(first, second, "the journal rotated");
+        assert!(contains(&second, b"after-rotation"));
+    }
+}

@@ -29,7 +29,7 @@ mod stripes;
 mod sync_wait;
 
 pub use error::StorageError;
-pub use fjall_engine::{FjallEngine, FjallOptions};
+pub use fjall_engine::{FjallEngine, FjallOptions, JournalSync};
 pub use group_commit::{MAX_QUEUED_SYNCS, SyncStats};
 pub use memory::MemoryEngine;
 pub use storage_key::MAX_STORED_KEY_BYTES;
@@ -118,6 +118,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Durability barrier: resolves once every write applied before this call is
     /// durable per the engine's `Durability`. Await it from async code, or `wait()`.
+    /// The call itself only queues (it blocks only when `MAX_QUEUED_SYNCS` callers
+    /// already wait); errors (a failed persist, a closed engine) come through the
+    /// returned `SyncWait`.
     fn sync(&self) -> SyncWait;
 
     /// A metadata value (node id, actor id), kept apart from the records.

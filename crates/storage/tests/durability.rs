@@ -172,3 +172,56 @@ fn memory_crash_loses_unsynced_writes_only() {
     );
     assert_eq!(engine.syncs(), 2);
 }
+
+/// Set in the child process of `fjall_synced_writes_survive_sigkill`: its data dir.
+const CHILD_DIR_VAR: &str = "RINGKV_STORAGE_TEST_CHILD_DIR";
+
+/// A process killed with SIGKILL loses nothing a `sync` acknowledged. The test runs
+/// itself as a child that writes and syncs keys, printing each one synced; the parent
+/// kills it mid-stream and reopens the directory.
+#[test]
+fn fjall_synced_writes_survive_sigkill() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_VAR) {
+        let engine =
+            FjallEngine::open(std::path::Path::new(&dir), FjallOptions::default()).unwrap();
+        for i in 0u64.. {
+            put(&engine, &key(format!("k{i}")), "v");
+            engine.sync().wait().unwrap();
+            println!("synced {i}");
+        }
+        return;
+    }
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "fjall_synced_writes_survive_sigkill",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD_DIR_VAR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acknowledged = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if let Some(i) = line.unwrap().strip_prefix("synced ") {
+            acknowledged = Some(i.parse::<u64>().unwrap());
+            if acknowledged >= Some(200) {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL on Unix.
+    child.wait().unwrap();
+    let last = acknowledged.expect("child acknowledged writes");
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    for i in 0..=last {
+        assert_eq!(
+            engine.get(&key(format!("k{i}"))).unwrap(),
+            Some(record(1, "v")),
+            "k{i}"
+        );
+    }
+}

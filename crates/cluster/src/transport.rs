@@ -1,0 +1,55 @@
+//! How the node logic reaches other nodes: the `Transport` trait. The server plugs
+//! in TCP (`ringkv-server`'s `rpc`), the simulator a simulated network.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use ringkv_core::NodeId;
+use ringkv_core::wire::{PeerRequest, PeerResponse};
+
+/// A boxed future that owns what it needs.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A node to talk to: its id and internal RPC address (`peer_addr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("peer {peer} unreachable: {reason}")]
+    Unreachable { peer: NodeId, reason: String },
+    #[error("too many calls queued for peer {0}")]
+    Overloaded(NodeId),
+    #[error("peer {peer} broke the protocol: {reason}")]
+    Protocol { peer: NodeId, reason: String },
+    #[error("transport is shut down")]
+    Closed,
+}
+
+/// Request/response calls to other nodes, and to this node itself (the coordinator
+/// reaches its own replica the same way, so blocking storage work stays off the
+/// async runtime in production and is scheduled like any message in the simulator).
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` to `to`. The request is on its way when `call` returns: the
+    /// future only waits (at most `timeout`) for the answer, and dropping it abandons
+    /// the answer, not the request. This is what lets a coordinator answer after W
+    /// acks while the other replicas still get the write.
+    fn call(
+        &self,
+        to: &Peer,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> BoxFuture<Result<PeerResponse, TransportError>>;
+}
+
+/// Runs background work (read repair) that outlives the request that started it.
+pub trait Spawn: Send + Sync + 'static {
+    fn spawn(&self, task: BoxFuture<()>);
+}

@@ -1,0 +1,70 @@
+//! Messages between nodes (internal RPC, DESIGN.md §7). Encoded with postcard inside
+//! length-prefixed frames by the transport; records and versions travel in their own
+//! validated byte formats (`codec`) and are decoded by the receiver.
+//!
+//! Every field is untrusted on receipt: keys go through `Key::from_stored`, records
+//! through `Record::decode`, versions through `Context::from_bytes`.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::member::Member;
+
+/// Version of the peer protocol; a handshake with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A client write as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireWrite {
+    pub key: Bytes,
+    /// `None` is a delete.
+    pub value: Option<Bytes>,
+    /// `Context::to_bytes` of the version the client sent (empty context: blind write).
+    pub seen: Bytes,
+    pub ttl_ms: Option<u64>,
+}
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Coordinate this client write: the receiver is one of the key's replicas, the
+    /// sender is not. Never forwarded again (one hop).
+    Coordinate { write: WireWrite, required: u8 },
+    /// Apply this client write as a new version on the receiver's own replica (sent by
+    /// a coordinator to itself); answered with `Updated` once durable.
+    Update { write: WireWrite },
+    /// Merge this record into the receiver's replica; answered with `Ack` once durable.
+    Replicate { key: Bytes, record: Bytes },
+    /// The receiver's record of a key, read locally without repair.
+    Read { key: Bytes },
+    /// Membership: "here is what I know"; answered with what the receiver knows.
+    Members { members: Vec<Member> },
+}
+
+/// An answer to a `PeerRequest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// `Coordinate` succeeded: the version the client gets back (`Context::to_bytes`).
+    Written { version: Bytes },
+    /// `Update` applied and durable: the record now stored and the writer's version.
+    Updated { record: Bytes, version: Bytes },
+    /// `Replicate` applied and durable.
+    Ack,
+    /// `Read`: the stored record (`Record::encode`), if any.
+    Record { record: Option<Bytes> },
+    Members { members: Vec<Member> },
+    Error(PeerError),
+}
+
+/// Why a peer could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerError {
+    /// A coordinated write got fewer acks than required in time.
+    QuorumUnavailable { acked: u8, required: u8 },
+    /// The stored record of the key does not decode.
+    Corrupt { message: String },
+    /// The request itself is invalid (bad key, record or version bytes).
+    Invalid { message: String },
+    /// Storage or anything else failed on the peer.
+    Internal { message: String },
+}
