@@ -41,7 +41,7 @@ fi
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 status=0
-result="$("${command[@]}" 2>&1)" || status=$?
+result="$(CARGO_TERM_QUIET=true "${command[@]}" 2>&1)" || status=$?
 
 {
     echo "# storage: durable writes ($(date -u +%Y-%m-%dT%H:%M:%SZ))"

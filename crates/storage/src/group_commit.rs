@@ -265,7 +265,9 @@ impl Shared {
         let batch = std::mem::take(&mut queue.waiters);
         let closing = queue.phase != Phase::Running;
         drop(queue);
-        self.space.notify_all();
+        if batch.len() >= MAX_QUEUED_SYNCS {
+            self.space.notify_all();
+        }
         (batch, closing)
     }
 
@@ -277,7 +279,13 @@ impl Shared {
         waiters: usize,
     ) -> Result<(), StorageError> {
         let started = Instant::now();
-        let result = persist();
+        // A panic in fjall must not kill the syncer: nobody would answer later syncs.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *persist))
+            .unwrap_or_else(|_| {
+                Err(StorageError::Poisoned {
+                    reason: "journal persist panicked".into(),
+                })
+            });
         let elapsed = started.elapsed();
         metrics::histogram!("ringkv_storage_sync_seconds").record(elapsed.as_secs_f64());
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -366,6 +374,26 @@ mod tests {
             group.refusal(),
             Some(StorageError::Poisoned { .. })
         ));
+    }
+
+    #[test]
+    fn panicking_persist_fails_syncs_instead_of_hanging_them() {
+        let group = GroupCommit::start(Box::new(|| panic!("persist blew up"))).unwrap();
+        group.record_write();
+        assert!(matches!(
+            group.sync().wait(),
+            Err(StorageError::Poisoned { .. })
+        ));
+        group.record_write();
+        assert!(matches!(
+            group.sync().wait(),
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            group.refusal(),
+            Some(StorageError::Poisoned { .. })
+        ));
+        group.close();
     }
 
     #[test]

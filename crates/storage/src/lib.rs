@@ -9,15 +9,17 @@
 //! * `error`: `StorageError`.
 //! * `sync_wait`: `SyncWait`, the future/blocking handle a `sync` returns.
 //! * `group_commit`: the syncer thread that makes many writes durable with one persist.
-//! * `fjall_engine`: `FjallEngine`, the real engine (fjall LSM tree), `FjallOptions`.
+//! * `fjall_engine`: `FjallEngine`, the real engine (fjall LSM tree), `FjallOptions`,
+//!   `JournalSync`.
 //! * `journal_file`: fdatasync of fjall's journal outside its lock (why: see there).
+//! * `stripes`: the striped key locks that make `apply` atomic per key.
 //! * `memory`: `MemoryEngine`, for tests and the simulator: no threads, no clock, and a
 //!   `crash` that loses unsynced writes.
 //!
 //! Limits: stored keys (token + key) ≤ `MAX_STORED_KEY_BYTES`, fjall's u16 key length;
 //! every `Key` fits (checked at compile time against `ringkv_core::MAX_KEY_BYTES`);
-//! metadata names ≤ `MAX_META_NAME_BYTES`, values ≤
-//! `MAX_META_VALUE_BYTES`; at most `MAX_QUEUED_SYNCS` callers wait on one persist.
+//! metadata names ≤ `MAX_META_NAME_BYTES`, values ≤ `MAX_META_VALUE_BYTES`; at most
+//! `MAX_QUEUED_SYNCS` callers wait on one persist; 1024 key-lock stripes.
 
 mod error;
 mod fjall_engine;
