@@ -1,6 +1,7 @@
 //! `ringkv`: the one binary. Runs a node (`server`), a local cluster (`dev`), and
 //! talks to a cluster over HTTP (`put`, `get`, `delete`, `status`).
 
+mod bench;
 mod dev;
 mod kv;
 
@@ -32,6 +33,8 @@ enum Command {
     Delete(kv::DeleteArgs),
     /// Show the cluster's nodes and their status.
     Status(kv::UrlArgs),
+    /// Load nodes over HTTP and report ops/s and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Get(args) => kv::get(args),
         Command::Delete(args) => kv::delete(args),
         Command::Status(args) => kv::status(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

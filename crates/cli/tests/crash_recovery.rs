@@ -15,7 +15,15 @@ const ACKED_BEFORE_KILL: usize = 1_200;
 /// Starts a node on an OS-chosen loopback port; returns it and its base URL.
 fn start_node(data_dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
-        .args(["server", "--node-id", "1", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "server",
+            "--node-id",
+            "1",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--peer-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn")
@@ -27,10 +35,11 @@ fn start_node(data_dir: &std::path::Path) -> (Child, String) {
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("node prints its address");
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let addr = words
+        .iter()
+        .position(|word| *word == "on")
+        .and_then(|at| words.get(at + 1))
         .filter(|addr| addr.starts_with("127.0.0.1:"))
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();

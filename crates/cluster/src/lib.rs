@@ -9,13 +9,20 @@
 //! * `quorum`: per-request `r`/`w`/`consistency`, resolved against N.
 //! * `node`: `Node`, the local replica: versioned writes (DVV update), reads, TTL.
 //! * `transport`: the `Transport` trait (calls to peers and to itself), `Spawn`.
+//! * `replica`: what a replica does with `Update` / `Replicate` / `Read`.
+//! * `coordinator`: quorum writes (forwarding one hop), quorum reads, read repair.
+//! * `membership`: the member table, its merge, the ring computed from it.
+//! * `gather`: wait for the first k of several calls without spawning.
 //!
-//! Today a node is a cluster of one (N = 1); the coordinator, replication and
-//! failure handling arrive with their issues.
+//! Failure detection, hinted handoff and anti-entropy arrive with their issues.
 
 pub mod clock;
+pub mod coordinator;
+mod gather;
+pub mod membership;
 pub mod node;
 pub mod quorum;
+pub mod replica;
 pub mod transport;
 
 pub use clock::{Clock, ManualClock};

@@ -37,6 +37,9 @@ pub struct Write {
 
 /// A write applied to the engine, not yet necessarily durable.
 pub struct Written {
+    /// The key's record as stored after the write: what replication sends to the
+    /// other replicas.
+    pub record: Record,
     /// What the writer now knows: the version it sent plus its own write. A later
     /// write carrying it supersedes this write, and nothing the writer never saw.
     pub version: Context,
@@ -122,7 +125,7 @@ impl Node {
         };
         let mut version = write.seen.clone();
         let mut written = None;
-        self.engine.apply(&write.key, &mut |stored| {
+        let stored = self.engine.apply(&write.key, &mut |stored| {
             let mut record = stored.unwrap_or_default();
             let mut seen = write.seen.clone();
             if self.policy == ConflictPolicy::Lww {
@@ -149,9 +152,26 @@ impl Node {
             version = seen;
         }
         Ok(Written {
+            record: stored.unwrap_or_default(),
             version,
             durable: self.engine.sync(),
         })
+    }
+
+    /// Merges a record from another replica (replication, read repair) into this one.
+    /// Returns the durability barrier to wait on before acknowledging.
+    ///
+    /// # Errors
+    /// Storage errors, including a corrupt stored record (left untouched).
+    pub fn replicate(&self, key: &Key, record: &Record) -> Result<SyncWait, NodeError> {
+        if let Some(max) = record.max_hlc() {
+            self.hlc
+                .lock()
+                .expect("hlc lock is never poisoned")
+                .observe(max);
+        }
+        self.engine.merge(key, record)?;
+        Ok(self.engine.sync())
     }
 }
 

@@ -18,6 +18,28 @@ pub struct Peer {
     pub addr: String,
 }
 
+/// Node ids from here up name peers known only by address (seeds, before they
+/// answer); real node ids are below it. A transport accepts any node behind such a
+/// peer instead of checking the identity it expected.
+pub const SEED_IDS_FROM: u64 = 1 << 63;
+
+/// Whether `id` is a stand-in for a seed known only by its address.
+pub fn is_seed_id(id: NodeId) -> bool {
+    id.0 >= SEED_IDS_FROM
+}
+
+impl Peer {
+    /// A seed known only by address, under a stand-in id (≥ `SEED_IDS_FROM`) unique
+    /// to the address, so connections to it are pooled apart from real members.
+    pub fn seed(addr: &str) -> Peer {
+        let hash = ringkv_core::Token::of(addr.as_bytes()).0 as u64;
+        Peer {
+            id: NodeId(SEED_IDS_FROM | hash),
+            addr: addr.to_string(),
+        }
+    }
+}
+
 /// Why a call got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {

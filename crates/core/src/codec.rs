@@ -222,7 +222,9 @@ impl Context {
     /// The raw form of the token (what `to_token` base64-encodes), for peer messages.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut raw = vec![CONTEXT_FORMAT_V1];
-        raw.extend(postcard::to_stdvec(&context_to_wire(self)).expect("context encoding is infallible"));
+        raw.extend(
+            postcard::to_stdvec(&context_to_wire(self)).expect("context encoding is infallible"),
+        );
         raw
     }
 
@@ -234,15 +236,21 @@ impl Context {
         if raw.len() > MAX_VERSION_TOKEN_LEN {
             return Err(ParseVersionError::TooLong);
         }
-        let (&format, rest) =
-            raw.split_first().ok_or_else(|| ParseVersionError::Invalid("empty".into()))?;
+        let (&format, rest) = raw
+            .split_first()
+            .ok_or_else(|| ParseVersionError::Invalid("empty".into()))?;
         if format != CONTEXT_FORMAT_V1 {
-            return Err(ParseVersionError::Invalid(format!("unknown format {format}")));
+            return Err(ParseVersionError::Invalid(format!(
+                "unknown format {format}"
+            )));
         }
         let (wire, trailing) = postcard::take_from_bytes::<ContextV1>(rest)
             .map_err(|error| ParseVersionError::Invalid(error.to_string()))?;
         if !trailing.is_empty() {
-            return Err(ParseVersionError::Invalid(format!("{} trailing bytes", trailing.len())));
+            return Err(ParseVersionError::Invalid(format!(
+                "{} trailing bytes",
+                trailing.len()
+            )));
         }
         context_from_wire(wire).map_err(ParseVersionError::Invalid)
     }

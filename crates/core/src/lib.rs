@@ -11,6 +11,8 @@
 //! * `record`: `Record` (siblings of a key), `Sibling`, `Body`, `ReadView`, `ConflictPolicy`.
 //! * `codec`: the stored record format and the client version token.
 //! * `member`: `NodeId`, `Member` (what nodes tell each other about a node).
+//! * `ring`: `Ring` (vnode tokens → `PreferenceList`, ranges, ownership) and
+//!   `allocate_tokens` (balanced tokens for a joining node).
 //! * `wire`: `PeerRequest` / `PeerResponse`, the messages of the internal RPC.
 //!
 //! Limits: keys ≤ `MAX_KEY_BYTES` (32 KiB) whatever the config says; version tokens ≤
@@ -22,6 +24,7 @@ pub mod hlc;
 pub mod key;
 pub mod member;
 pub mod record;
+pub mod ring;
 pub mod token;
 pub mod wire;
 
@@ -31,4 +34,5 @@ pub use hlc::{Hlc, HlcClock};
 pub use key::{Key, Limits, MAX_KEY_BYTES, ParseKeyError};
 pub use member::{Member, MemberState, NodeId};
 pub use record::{Body, ConflictPolicy, ReadView, Record, Sibling};
+pub use ring::{PreferenceList, Ring, allocate_tokens};
 pub use token::{Token, TokenRange};

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// A position on the 2^128 ring: the xxh3-128 hash of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Token(pub u128);
 
 impl Token {

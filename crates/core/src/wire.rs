@@ -45,14 +45,23 @@ pub enum PeerRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// `Coordinate` succeeded: the version the client gets back (`Context::to_bytes`).
-    Written { version: Bytes },
+    Written {
+        version: Bytes,
+    },
     /// `Update` applied and durable: the record now stored and the writer's version.
-    Updated { record: Bytes, version: Bytes },
+    Updated {
+        record: Bytes,
+        version: Bytes,
+    },
     /// `Replicate` applied and durable.
     Ack,
     /// `Read`: the stored record (`Record::encode`), if any.
-    Record { record: Option<Bytes> },
-    Members { members: Vec<Member> },
+    Record {
+        record: Option<Bytes>,
+    },
+    Members {
+        members: Vec<Member>,
+    },
     Error(PeerError),
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP API of DESIGN.md §7: `/v1/kv/{key}`, `/health`, `/metrics`,
-//! `/v1/cluster/status`. Handlers parse (see `request`), hand typed values to the
-//! node off the async runtime, and wait for durability before acknowledging.
+//! `/v1/cluster/status`, `/v1/cluster/ring`, `/v1/debug/key/{key}`. Handlers parse
+//! (see `request`) and hand typed values to the coordinator, which answers once the
+//! quorum holds the write durably.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use axum::routing::{any, get};
 use base64::Engine as _;
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
+use ringkv_cluster::coordinator::{Coordinator, CoordinatorError};
 use ringkv_cluster::{Node, Quorum, Write, WriteBody};
-use ringkv_core::{Body, Limits, ReadView, Sibling};
+use ringkv_core::{Body, Key, Limits, ReadView, Sibling};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -24,18 +26,15 @@ use crate::request::{self, Query, VERSION_HEADER};
 
 /// What every handler shares.
 pub struct AppState {
+    /// The local replica (conflict policy, clock).
     pub node: Arc<Node>,
+    pub coordinator: Arc<Coordinator>,
     pub node_id: u64,
     pub limits: Limits,
     /// N as configured.
     pub replication_factor: u8,
-    /// Replicas a key has today: min(N, members). One until replication lands.
-    pub replicas: u8,
     pub read_quorum: u8,
     pub write_quorum: u8,
-    pub http_addr: String,
-    pub peer_addr: String,
-    pub vnodes: u16,
     pub metrics: PrometheusHandle,
 }
 
@@ -47,6 +46,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/cluster/ring", get(cluster_ring))
+        .route("/v1/debug/key/{*key}", get(debug_key))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
@@ -73,25 +74,108 @@ async fn render_metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let membership = app.coordinator.membership();
+    let ownership = membership.ring().ownership();
+    let nodes: Vec<Value> = membership
+        .members()
+        .iter()
+        .map(|member| {
+            json!({
+                "id": member.id.0,
+                "http_addr": member.http_addr,
+                "resp_addr": member.resp_addr,
+                "peer_addr": member.peer_addr,
+                "status": match member.state {
+                    ringkv_core::MemberState::Normal => "healthy",
+                    ringkv_core::MemberState::Left => "left",
+                },
+                "generation": member.generation,
+                "vnodes": member.vnodes,
+                "ownership": ownership.get(&member.id).copied().unwrap_or(0.0),
+                "hints_queued": 0,
+            })
+        })
+        .collect();
     Json(json!({
         "node_id": app.node_id,
         "replication_factor": app.replication_factor,
-        "nodes": [{
-            "id": app.node_id,
-            "http_addr": app.http_addr,
-            "peer_addr": app.peer_addr,
-            "status": "healthy",
-            "vnodes": app.vnodes,
-            "hints_queued": 0,
-        }],
+        "read_quorum": app.read_quorum,
+        "write_quorum": app.write_quorum,
+        "nodes": nodes,
     }))
+}
+
+async fn cluster_ring(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let membership = app.coordinator.membership();
+    let ownership = membership.ring().ownership();
+    let nodes: Vec<Value> = membership
+        .members()
+        .iter()
+        .map(|member| {
+            json!({
+                "id": member.id.0,
+                "vnodes": member.vnodes,
+                "ownership": ownership.get(&member.id).copied().unwrap_or(0.0),
+                "tokens": member.tokens.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({"replication_factor": app.replication_factor, "nodes": nodes}))
+}
+
+/// What every replica of a key holds right now, read locally without repair.
+async fn debug_key(
+    State(app): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Json<Value>, ApiError> {
+    let path = uri.path().replacen("/v1/debug/key/", "/v1/kv/", 1);
+    let key = request::key_from_path(&path, &app.limits)?;
+    let ring = app.coordinator.membership().ring();
+    let preference = ring.preference_list(key.token(), usize::from(app.replication_factor));
+    let replicas = app.coordinator.read_each(&key).await;
+    let now_ms = app.node.now_ms();
+    let held: Vec<Value> = replicas
+        .iter()
+        .map(|(node, reply)| match reply {
+            Ok(None) => json!({"node": node.0, "record": null}),
+            Ok(Some(record)) => json!({
+                "node": node.0,
+                "digest": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&record.encode())),
+                "version": record.context().to_token(),
+                "versions": record.siblings().map(|(dot, sibling)| json!({
+                    "dot": {"actor": dot.actor.0, "counter": dot.counter},
+                    "hlc": sibling.hlc.0,
+                    "expires_at_ms": sibling.expires_at_ms,
+                    "expired": sibling.expires_at_ms.is_some_and(|at| at <= now_ms),
+                    "tombstone": matches!(sibling.body, Body::Tombstone),
+                    "bytes": match &sibling.body { Body::Bytes(b) | Body::Crdt(b) => b.len(), Body::Tombstone => 0 },
+                })).collect::<Vec<_>>(),
+            }),
+            Err(error) => json!({"node": node.0, "error": error}),
+        })
+        .collect();
+    Ok(Json(json!({
+        "key": key.to_escaped(),
+        "token": key.token().to_string(),
+        "preference_list": preference.replicas().iter().map(|id| id.0).collect::<Vec<_>>(),
+        "fallbacks": preference.fallbacks().iter().map(|id| id.0).collect::<Vec<_>>(),
+        "replicas": held,
+    })))
 }
 
 impl AppState {
     /// How many replicas must answer: the request's `r`/`w`/`consistency`, or the
-    /// configured default. An explicit count above N is a bad request; one above the
-    /// replicas that exist is a quorum that cannot be met.
-    fn required(&self, query: &Query, name: &'static str, write: bool) -> Result<u8, ApiError> {
+    /// configured default. An explicit count above N is a bad request. A key has
+    /// min(N, members) replicas; a quorum above that cannot be met (503), and the
+    /// defaults shrink to it (a cluster smaller than N).
+    fn required(
+        &self,
+        query: &Query,
+        key: &Key,
+        name: &'static str,
+        write: bool,
+    ) -> Result<u8, ApiError> {
+        let replicas = u8::try_from(self.coordinator.replicas(key).len()).unwrap_or(u8::MAX);
         let default = if write {
             self.write_quorum
         } else {
@@ -102,11 +186,11 @@ impl AppState {
                 .required(name, self.replication_factor)
                 .map_err(|error| ApiError::invalid(error.to_string()))?,
             Some(quorum) => quorum
-                .required(name, self.replicas)
+                .required(name, replicas.min(self.replication_factor))
                 .map_err(|error| ApiError::invalid(error.to_string()))?,
-            None => default.min(self.replicas),
+            None => default.min(replicas),
         };
-        if required > self.replicas {
+        if required > replicas {
             return Err(ApiError::QuorumUnavailable {
                 acked: 0,
                 required,
@@ -117,13 +201,23 @@ impl AppState {
     }
 }
 
-/// Runs blocking node work off the async runtime.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| ApiError::Internal(format!("worker failed: {error}")))?
+impl From<CoordinatorError> for ApiError {
+    fn from(error: CoordinatorError) -> ApiError {
+        match error {
+            CoordinatorError::QuorumUnavailable {
+                acked,
+                required,
+                write,
+            } => ApiError::QuorumUnavailable {
+                acked,
+                required,
+                write,
+            },
+            CoordinatorError::Invalid(message) => ApiError::InvalidRequest(message),
+            CoordinatorError::Corrupt(message) => ApiError::Corrupt(message),
+            CoordinatorError::Internal(message) => ApiError::Internal(message),
+        }
+    }
 }
 
 async fn get_kv(
@@ -133,9 +227,8 @@ async fn get_kv(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query(), &["r", "w", "consistency"])?;
     let key = request::key_from_path(uri.path(), &app.limits)?;
-    app.required(&query, "r", false)?;
-    let node = app.node.clone();
-    let record = blocking(move || node.read(&key).map_err(ApiError::from)).await?;
+    let required = app.required(&query, &key, "r", false)?;
+    let record = app.coordinator.read(&key, required).await?;
     let Some(record) = record else {
         return Err(ApiError::NotFound);
     };
@@ -233,7 +326,7 @@ async fn put_kv(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query(), &["r", "w", "consistency", "ttl"])?;
     let key = request::key_from_path(uri.path(), &app.limits)?;
-    app.required(&query, "w", true)?;
+    let required = app.required(&query, &key, "w", true)?;
     let (parts, body) = request.into_parts();
     let max_value = app.limits.max_value_bytes;
     let (value, ttl, seen) = if request::is_octet_stream(&parts.headers) {
@@ -297,7 +390,7 @@ async fn put_kv(
         seen: seen.unwrap_or_default(),
         ttl,
     };
-    apply(&app, write).await
+    apply(&app, write, required).await
 }
 
 async fn delete_kv(
@@ -307,7 +400,7 @@ async fn delete_kv(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query(), &["r", "w", "consistency"])?;
     let key = request::key_from_path(uri.path(), &app.limits)?;
-    app.required(&query, "w", true)?;
+    let required = app.required(&query, &key, "w", true)?;
     let (parts, body) = request.into_parts();
     let raw = request::read_body(body, &parts.headers, 128 * 1024).await?;
     let from_body = if raw.iter().all(u8::is_ascii_whitespace) {
@@ -332,20 +425,13 @@ async fn delete_kv(
         seen: seen.unwrap_or_default(),
         ttl: None,
     };
-    apply(&app, write).await
+    apply(&app, write, required).await
 }
 
-/// Applies a write and answers once it is durable.
-async fn apply(app: &AppState, write: Write) -> Result<Response, ApiError> {
-    let node = app.node.clone();
-    let written = blocking(move || node.write(write).map_err(ApiError::from)).await?;
-    written.durable.await.map_err(|error| {
-        ApiError::Internal(format!(
-            "the write was applied but could not be made durable ({error}); it may or may not survive a crash"
-        ))
-    })?;
-    let version = written.version.to_token();
-    Ok(Json(json!({"version": version, "status": "ok"})).into_response())
+/// Coordinates a write and answers once `required` replicas hold it durably.
+async fn apply(app: &AppState, write: Write, required: u8) -> Result<Response, ApiError> {
+    let version = app.coordinator.write(write, required, false).await?;
+    Ok(Json(json!({"version": version.to_token(), "status": "ok"})).into_response())
 }
 
 /// How long a graceful shutdown waits for in-flight requests.

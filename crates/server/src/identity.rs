@@ -6,11 +6,13 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use ringkv_core::ActorId;
+use ringkv_core::{ActorId, Token};
 use ringkv_storage::{Engine, StorageError};
 
 const NODE_ID: &str = "node_id";
 const ACTOR_ID: &str = "actor_id";
+const GENERATION: &str = "generation";
+const TOKENS: &str = "tokens";
 
 #[derive(Debug, Clone, Copy)]
 pub struct Identity {
@@ -27,12 +29,14 @@ pub enum IdentityError {
          use that node's own data_dir or remove the node_id setting"
     )]
     NodeIdMismatch { stored: u64, configured: u64 },
-    #[error("stored {name} is corrupt ({len} bytes, expected 8)")]
+    #[error("node_id = {0} is too large: node ids are below 2^63 (larger ids name seeds)")]
+    NodeIdTooLarge(u64),
+    #[error("stored {name} is corrupt ({len} bytes)")]
     Corrupt { name: &'static str, len: usize },
 }
 
 /// A random u64 from the OS-seeded hasher keys (no extra dependency for one number).
-fn random_u64() -> u64 {
+pub fn random_u64() -> u64 {
     let mut hasher = std::hash::RandomState::new().build_hasher();
     hasher.write_u128(
         std::time::SystemTime::now()
@@ -65,13 +69,18 @@ fn stored_u64(engine: &dyn Engine, name: &'static str) -> Result<Option<u64>, Id
 /// Storage errors, corrupt metadata, or a configured node id that differs from the
 /// one the data directory was created with.
 pub fn load(engine: &dyn Engine, configured: Option<u64>) -> Result<Identity, IdentityError> {
+    if let Some(id) =
+        configured.filter(|id| ringkv_cluster::transport::is_seed_id(ringkv_core::NodeId(*id)))
+    {
+        return Err(IdentityError::NodeIdTooLarge(id));
+    }
     let node_id = match (stored_u64(engine, NODE_ID)?, configured) {
         (Some(stored), Some(configured)) if stored != configured => {
             return Err(IdentityError::NodeIdMismatch { stored, configured });
         }
         (Some(stored), _) => stored,
         (None, wanted) => {
-            let id = wanted.unwrap_or_else(random_u64);
+            let id = wanted.unwrap_or_else(|| random_u64() >> 1);
             engine.meta_put(NODE_ID, &id.to_be_bytes())?;
             id
         }
@@ -88,4 +97,55 @@ pub fn load(engine: &dyn Engine, configured: Option<u64>) -> Result<Identity, Id
         node_id,
         actor: ActorId(actor),
     })
+}
+
+/// The generation of this start: one more than the last start's, stored durably
+/// before the node announces itself, so news about this run beats news about the last.
+///
+/// # Errors
+/// Storage errors or corrupt metadata.
+pub fn next_generation(engine: &dyn Engine) -> Result<u64, IdentityError> {
+    let generation = stored_u64(engine, GENERATION)?
+        .unwrap_or(0)
+        .saturating_add(1);
+    engine.meta_put(GENERATION, &generation.to_be_bytes())?;
+    Ok(generation)
+}
+
+/// The ring tokens this node took when it first joined, if it has joined before.
+///
+/// # Errors
+/// Storage errors or corrupt metadata.
+pub fn stored_tokens(engine: &dyn Engine) -> Result<Option<Vec<Token>>, IdentityError> {
+    let Some(raw) = engine.meta_get(TOKENS)? else {
+        return Ok(None);
+    };
+    if raw.len() % 16 != 0 {
+        return Err(IdentityError::Corrupt {
+            name: TOKENS,
+            len: raw.len(),
+        });
+    }
+    Ok(Some(
+        raw.chunks_exact(16)
+            .map(|chunk| {
+                let mut bytes = [0u8; 16];
+                bytes.copy_from_slice(chunk);
+                Token::from_be_bytes(bytes)
+            })
+            .collect(),
+    ))
+}
+
+/// Keeps this node's ring tokens (durably) so restarts reuse them.
+///
+/// # Errors
+/// Storage errors.
+pub fn store_tokens(engine: &dyn Engine, tokens: &[Token]) -> Result<(), IdentityError> {
+    let raw: Vec<u8> = tokens
+        .iter()
+        .flat_map(|token| token.to_be_bytes())
+        .collect();
+    engine.meta_put(TOKENS, &raw)?;
+    Ok(())
 }

@@ -1,8 +1,9 @@
 //! ringkv server: the wiring of one node process.
 //!
 //! It is: configuration (`config`), the HTTP API (`http`, `request`, `error`),
-//! metrics (`metrics`), the node's identity (`identity`), and start-up / graceful
-//! shutdown (`Server`). It is not: node logic (that is `ringkv-cluster`) or storage
+//! the internal RPC over TCP (`rpc`) and what this node answers on it (`peer`),
+//! metrics (`metrics`), the node's identity (`identity`: ids, generation, ring
+//! tokens), and start-up, joining, gossip and graceful shutdown (`Server`). It is not: node logic (that is `ringkv-cluster`) or storage
 //! (`ringkv-storage`); handlers only parse, call the node off the async runtime, and
 //! answer.
 //!
@@ -15,16 +16,22 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod peer;
 pub mod request;
+pub mod rpc;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use ringkv_cluster::{Clock, Node};
-use ringkv_core::Limits;
+use ringkv_cluster::coordinator::{Coordinator, Settings};
+use ringkv_cluster::membership::Membership;
+use ringkv_cluster::{Clock, Node, Peer, TransportError};
+use ringkv_core::ring::allocate_tokens;
+use ringkv_core::{Limits, Member, MemberState, NodeId};
 use ringkv_storage::{Engine, FjallEngine, FjallOptions};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -39,11 +46,16 @@ pub enum StartError {
     },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
-    #[error("cannot listen on {addr} (http_addr): {source}")]
+    #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
+        name: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot join the cluster through {seeds}: {reason}; check the seeds, the cluster_secret and that a seed is running"
+    )]
+    Join { seeds: String, reason: String },
     #[error("start-up task failed: {0}")]
     Task(String),
 }
@@ -65,56 +77,68 @@ impl Clock for SystemClock {
 pub struct Server {
     node_id: u64,
     http_addr: SocketAddr,
+    peer_addr: SocketAddr,
     shutdown: CancellationToken,
+    tasks: JoinSet<()>,
     http: JoinHandle<()>,
-    upkeep: JoinHandle<()>,
+    transport: Arc<rpc::TcpTransport>,
     engine: Arc<FjallEngine>,
 }
 
+/// How long a joining node keeps trying to reach a seed before it gives up.
+const JOIN_ATTEMPTS: u32 = 60;
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
 impl Server {
-    /// Opens storage, loads the node's identity and starts serving.
+    /// Opens storage, loads the node's identity, joins the cluster (through `seeds`)
+    /// and starts serving.
     ///
     /// # Errors
-    /// Storage that cannot be opened, an identity mismatch, an address in use.
+    /// Storage that cannot be opened, an identity mismatch, an address in use, no
+    /// seed reachable on first join.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let data_dir = config.data_dir.clone();
-        let options = FjallOptions {
-            durability: config.durability,
-            ..FjallOptions::default()
-        };
-        let engine = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&data_dir).map_err(|error| StartError::Storage {
-                path: data_dir.display().to_string(),
-                source: ringkv_storage::StorageError::Open {
-                    path: data_dir.clone(),
-                    reason: error.to_string(),
-                },
-            })?;
-            FjallEngine::open(&data_dir, options).map_err(|source| StartError::Storage {
-                path: data_dir.display().to_string(),
-                source,
-            })
-        })
-        .await
-        .map_err(|error| StartError::Task(error.to_string()))??;
-        let engine = Arc::new(engine);
-        let identity = {
+        let engine = open_engine(&config).await?;
+        let (identity, generation, stored_tokens) = {
             let engine = engine.clone();
             let configured = config.node_id;
-            tokio::task::spawn_blocking(move || identity::load(engine.as_ref(), configured))
-                .await
-                .map_err(|error| StartError::Task(error.to_string()))??
+            tokio::task::spawn_blocking(move || -> Result<_, identity::IdentityError> {
+                let identity = identity::load(engine.as_ref(), configured)?;
+                let generation = identity::next_generation(engine.as_ref())?;
+                let tokens = identity::stored_tokens(engine.as_ref())?;
+                Ok((identity, generation, tokens))
+            })
+            .await
+            .map_err(|error| StartError::Task(error.to_string()))??
         };
-        let listener = TcpListener::bind(config.http_addr)
+        let me = NodeId(identity.node_id);
+        let peer_listener = TcpListener::bind(config.peer_addr)
             .await
             .map_err(|source| StartError::Bind {
+                name: "peer_addr",
+                addr: config.peer_addr,
+                source,
+            })?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                name: "peer_addr",
+                addr: config.peer_addr,
+                source,
+            })?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: "http_addr",
                 addr: config.http_addr,
                 source,
             })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                name: "http_addr",
+                addr: config.http_addr,
+                source,
+            })?;
 
         let node = Arc::new(Node::new(
             engine.clone() as Arc<dyn Engine>,
@@ -122,77 +146,183 @@ impl Server {
             identity.actor,
             config.conflict_policy,
         ));
-        // A cluster of one until membership lands: every key has one replica.
-        let replicas = config.replication_factor.min(1);
-        if config.read_quorum > replicas || config.write_quorum > replicas {
-            tracing::warn!(
-                "read_quorum = {} / write_quorum = {} exceed the {replicas} replica(s) a key has in a \
-                 cluster of one; requests without r/w use {replicas}",
-                config.read_quorum,
-                config.write_quorum
-            );
+        let mut member = Member {
+            id: me,
+            generation,
+            state: MemberState::Normal,
+            peer_addr: peer_addr.to_string(),
+            http_addr: http_addr.to_string(),
+            resp_addr: config.resp_addr.to_string(),
+            vnodes: config.vnodes,
+            tokens: stored_tokens.clone().unwrap_or_default(),
+        };
+        let membership = Arc::new(Membership::new(member.clone()));
+        let service = Arc::new(peer::PeerService {
+            node: node.clone(),
+            membership: membership.clone(),
+            coordinator: OnceLock::new(),
+        });
+        let self_peer = Peer {
+            id: me,
+            addr: peer_addr.to_string(),
+        };
+        let options = rpc::RpcOptions::default();
+        let transport = rpc::TcpTransport::new(
+            self_peer,
+            config.cluster_secret.clone(),
+            options.clone(),
+            service.clone(),
+        );
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(rpc::serve(
+            peer_listener,
+            me,
+            config.cluster_secret.clone(),
+            options,
+            service.clone(),
+            shutdown.clone(),
+        ));
+
+        // Join: learn the members from a seed; on the first start, take tokens.
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let seeds: Vec<Peer> = config
+            .seeds
+            .iter()
+            .filter(|seed| **seed != peer_addr.to_string())
+            .map(|seed| Peer::seed(seed))
+            .collect();
+        let first_join = stored_tokens.is_none();
+        if !seeds.is_empty() {
+            let attempts = if first_join { JOIN_ATTEMPTS } else { 2 };
+            let mut joined = false;
+            let mut last_error = None;
+            for _ in 0..attempts {
+                let mut refused = 0;
+                for seed in &seeds {
+                    match membership.exchange(transport.as_ref(), seed, timeout).await {
+                        Ok(()) => joined = true,
+                        Err(error) => {
+                            refused +=
+                                usize::from(matches!(error, TransportError::Protocol { .. }));
+                            last_error = Some(error);
+                        }
+                    }
+                }
+                // A refusal (wrong secret, other protocol) will not change by waiting.
+                if joined || refused == seeds.len() {
+                    break;
+                }
+                tokio::time::sleep(JOIN_RETRY).await;
+            }
+            if !joined && first_join {
+                shutdown.cancel();
+                return Err(StartError::Join {
+                    seeds: config.seeds.join(", "),
+                    reason: last_error
+                        .map_or_else(|| "no answer".to_string(), |error| error.to_string()),
+                });
+            }
         }
+        if first_join {
+            let ring = membership.ring();
+            let weights = membership
+                .members()
+                .iter()
+                .filter(|m| m.id != me && m.state == MemberState::Normal)
+                .map(|m| (m.id, m.vnodes))
+                .collect();
+            member.tokens =
+                allocate_tokens(&ring, &weights, me, config.vnodes, identity::random_u64());
+            let engine = engine.clone();
+            let tokens = member.tokens.clone();
+            tokio::task::spawn_blocking(move || identity::store_tokens(engine.as_ref(), &tokens))
+                .await
+                .map_err(|error| StartError::Task(error.to_string()))??;
+        }
+        membership.update_me(member);
+        // Tell the seeds (and through them everyone) about this node and its tokens.
+        for seed in &seeds {
+            let _ = membership.exchange(transport.as_ref(), seed, timeout).await;
+        }
+
+        let coordinator = Arc::new(Coordinator::new(
+            membership.clone(),
+            transport.clone(),
+            Arc::new(peer::TokioSpawn),
+            Settings {
+                replication_factor: config.replication_factor,
+                request_timeout: timeout,
+            },
+        ));
+        if service.coordinator.set(coordinator.clone()).is_err() {
+            unreachable!("the coordinator is set once, here");
+        }
+        tasks.spawn(gossip(
+            membership.clone(),
+            transport.clone(),
+            seeds,
+            Duration::from_millis(config.gossip_interval_ms),
+            timeout,
+            shutdown.clone(),
+        ));
+
         let metrics = metrics::handle();
         let state = Arc::new(http::AppState {
             node,
+            coordinator,
             node_id: identity.node_id,
             limits: Limits {
                 max_key_bytes: config.max_key_bytes,
                 max_value_bytes: config.max_value_bytes,
             },
             replication_factor: config.replication_factor,
-            replicas,
             read_quorum: config.read_quorum,
             write_quorum: config.write_quorum,
-            http_addr: http_addr.to_string(),
-            peer_addr: config.peer_addr.to_string(),
-            vnodes: config.vnodes,
             metrics: metrics.clone(),
         });
-        if !config.seeds.is_empty() {
-            tracing::warn!(
-                seeds = ?config.seeds,
-                "seeds are configured, but this build does not replicate yet: the node serves alone"
-            );
-        }
-
-        let shutdown = CancellationToken::new();
         let app = http::router(state);
         let http = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let serve = axum::serve(listener, app)
+                let serve = axum::serve(http_listener, app)
                     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
                 if let Err(error) = serve.await {
                     tracing::error!("http server failed: {error}");
                 }
             })
         };
-        let upkeep = {
+        {
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tick.tick() => metrics.run_upkeep(),
                     }
                 }
-            })
-        };
-        tracing::info!(node_id = identity.node_id, %http_addr, "ringkv node serving");
+            });
+        }
+        tracing::info!(node_id = identity.node_id, %http_addr, %peer_addr, generation, "ringkv node serving");
         Ok(Server {
             node_id: identity.node_id,
             http_addr,
+            peer_addr,
             shutdown,
+            tasks,
             http,
-            upkeep,
+            transport,
             engine,
         })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     pub fn node_id(&self) -> u64 {
@@ -212,7 +342,17 @@ impl Server {
             tracing::warn!("in-flight requests did not finish within the grace period; closing");
             http.abort();
         }
-        let _ = self.upkeep.await;
+        let mut tasks = self.tasks;
+        if tokio::time::timeout(http::SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("background tasks did not stop within the grace period");
+            tasks.abort_all();
+        }
+        self.transport.shutdown();
         if let Err(error) = self.engine.sync().await {
             tracing::error!("final sync failed: {error}");
         }
@@ -222,16 +362,71 @@ impl Server {
     }
 }
 
+async fn open_engine(config: &Config) -> Result<Arc<FjallEngine>, StartError> {
+    let data_dir = config.data_dir.clone();
+    let options = FjallOptions {
+        durability: config.durability,
+        ..FjallOptions::default()
+    };
+    let engine = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&data_dir).map_err(|error| StartError::Storage {
+            path: data_dir.display().to_string(),
+            source: ringkv_storage::StorageError::Open {
+                path: data_dir.clone(),
+                reason: error.to_string(),
+            },
+        })?;
+        FjallEngine::open(&data_dir, options).map_err(|source| StartError::Storage {
+            path: data_dir.display().to_string(),
+            source,
+        })
+    })
+    .await
+    .map_err(|error| StartError::Task(error.to_string()))??;
+    Ok(Arc::new(engine))
+}
+
+/// Exchanges membership tables with one member per round, and every tenth round
+/// with a seed too (so a node cut off from every member finds its way back).
+async fn gossip(
+    membership: Arc<Membership>,
+    transport: Arc<rpc::TcpTransport>,
+    seeds: Vec<Peer>,
+    interval: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for round in 0u64.. {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(peer) = membership.gossip_target() {
+            let _ = membership
+                .exchange(transport.as_ref(), &peer, timeout)
+                .await;
+        }
+        if !seeds.is_empty() && round % 10 == 0 {
+            let seed = &seeds[usize::try_from(round / 10).unwrap_or(0) % seeds.len()];
+            let _ = membership.exchange(transport.as_ref(), seed, timeout).await;
+        }
+    }
+}
+
 /// Runs a node until SIGTERM or SIGINT, then stops it gracefully.
 ///
 /// # Errors
 /// Whatever stops the node from starting.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let server = Server::start(config).await?;
+    // One line on stdout that scripts and tests read: "... http on ADDR peer ADDR".
     println!(
-        "ringkv node {} serving http on {}",
+        "ringkv node {} serving http on {} peer {}",
         server.node_id(),
-        server.http_addr()
+        server.http_addr(),
+        server.peer_addr()
     );
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -49,6 +49,8 @@ fn operation(method: &Method, path: Option<&str>) -> &'static str {
         (Some("/health"), _) => "health",
         (Some("/metrics"), _) => "metrics",
         (Some("/v1/cluster/status"), _) => "cluster_status",
+        (Some("/v1/cluster/ring"), _) => "cluster_ring",
+        (Some("/v1/debug/key/{*key}"), _) => "debug_key",
         _ => "other",
     }
 }

@@ -1,0 +1,197 @@
+//! `ringkv bench`: an HTTP load generator for ringkv nodes (DESIGN.md §7).
+//!
+//! `concurrency` clients (tokio tasks sharing one keep-alive pool) write or read keys
+//! `bench-{i}`, `i` uniform over `0..keys` from a seeded PRNG, until `--ops` ops were
+//! made or `--duration` passed. Each successful op's latency goes into an HDR histogram
+//! (µs, 3 significant figures); errors are counted by kind and are not latency samples.
+//! The summary goes to stdout (human or `--json`), progress to stderr.
+//!
+//! Phases: `read` first writes every key once (the load, timed and reported on its
+//! own), then `--warmup-ops` unmeasured ops, then the measured ops.
+//!
+//! * `keys`: the PRNG and which key/op comes next.
+//! * `client`: the clients, the shared HTTP client, one phase's run.
+//! * `report`: merged results, percentiles, the human and JSON output.
+//! * `plan`: the arguments and their limits.
+//! * `progress`: the progress line.
+
+mod client;
+mod keys;
+mod plan;
+mod progress;
+mod report;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::ValueEnum;
+use serde::Serialize;
+
+use client::{OpSource, Phase, Target};
+pub use plan::BenchArgs;
+use plan::{Bound, Plan};
+use report::Summary;
+
+/// How long each node's `/health` may take before the run is refused.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which operations the measured phase makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// PUT random keys.
+    Write,
+    /// Load every key once, then GET random keys.
+    Read,
+    /// 50 % GET, 50 % PUT of random keys (no load: reads of unwritten keys are misses).
+    Mixed,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Write => "write",
+            Workload::Read => "read",
+            Workload::Mixed => "mixed",
+        }
+    }
+}
+/// The `--json` object: the run's parameters, the measured phase's summary at the
+/// top level, and the read load's summary under `load` (null for other workloads).
+#[derive(Serialize)]
+struct Report<'a> {
+    workload: Workload,
+    urls: &'a [String],
+    concurrency: usize,
+    value_size: usize,
+    keys: u64,
+    r: Option<u8>,
+    w: Option<u8>,
+    warmup_ops: u64,
+    seed: u64,
+    #[serde(flatten)]
+    measured: Summary,
+    load: Option<Summary>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::from_args(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(execute(&plan))
+}
+
+/// Refuses to start unless every node answers `/health` with 200: a typo in `--url`
+/// should be one clear error, not 100000 counted connection errors.
+async fn check_health(target: &Target) -> anyhow::Result<()> {
+    for base in &target.urls {
+        let url = format!("{base}/health");
+        let response = target
+            .client
+            .get(&url)
+            .timeout(HEALTH_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url} (is the node running?)"))?;
+        if response.status() != reqwest::StatusCode::OK {
+            bail!("{url} answered HTTP {}", response.status().as_u16());
+        }
+    }
+    Ok(())
+}
+
+async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
+    let target = Arc::new(plan.target()?);
+    check_health(&target).await?;
+
+    let load = if plan.workload == Workload::Read {
+        let phase = Phase {
+            name: "load",
+            source: OpSource::EveryKey { keys: plan.keys },
+            bound: Bound::Ops(plan.keys),
+        };
+        let result = client::run_phase(&target, phase, plan.concurrency).await?;
+        if result.error_count() > 0 {
+            eprintln!(
+                "warning: {} of {} keys failed to load; reads of them count as misses",
+                result.error_count(),
+                plan.keys
+            );
+        }
+        Some(Summary::of(&result))
+    } else {
+        None
+    };
+    if plan.warmup_ops > 0 {
+        let phase = Phase {
+            name: "warmup",
+            source: plan.random_ops(1),
+            bound: Bound::Ops(plan.warmup_ops),
+        };
+        client::run_phase(&target, phase, plan.concurrency).await?;
+    }
+    let phase = Phase {
+        name: "bench",
+        source: plan.random_ops(2),
+        bound: plan.bound,
+    };
+    let measured = Summary::of(&client::run_phase(&target, phase, plan.concurrency).await?);
+
+    if plan.json {
+        let report = Report {
+            workload: plan.workload,
+            urls: &plan.urls,
+            concurrency: plan.concurrency,
+            value_size: plan.value_size,
+            keys: plan.keys,
+            r: plan.r,
+            w: plan.w,
+            warmup_ops: plan.warmup_ops,
+            seed: plan.seed,
+            measured: measured.clone(),
+            load: load.clone(),
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("cannot encode the report")?
+        );
+    } else {
+        print_human(plan, load.as_ref(), &measured);
+    }
+    if measured.ops == 0 {
+        bail!("no operation succeeded: {}", measured.errors_line());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_human(plan: &Plan, load: Option<&Summary>, measured: &Summary) {
+    let quorum: String = [("r", plan.r), ("w", plan.w)]
+        .iter()
+        .filter_map(|(name, value)| value.map(|value| format!(", {name}={value}")))
+        .collect();
+    println!(
+        "ringkv bench: {} on {} node(s), {} clients, {}-byte values, {} keys{quorum}",
+        plan.workload.name(),
+        plan.urls.len(),
+        plan.concurrency,
+        plan.value_size,
+        plan.keys
+    );
+    if let Some(load) = load {
+        println!(
+            "load:     {} keys in {:.2} s = {:.0} ops/s, {} (not part of the numbers below)",
+            load.ops,
+            load.seconds,
+            load.ops_per_sec,
+            load.errors_line()
+        );
+    }
+    if plan.warmup_ops > 0 {
+        println!("warmup:   {} ops (not measured)", plan.warmup_ops);
+    }
+    println!("{}", measured.render());
+}

@@ -1,0 +1,346 @@
+//! `ringkv bench`'s arguments and their validation into a `Plan`: after `from_args`
+//! every number is within its named limit and every URL is a plain `http://` base.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::Workload;
+use super::client::{OpSource, Target};
+use super::keys::SplitMix64;
+
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+const DEFAULT_OPS: u64 = 100_000;
+/// Clients are tasks, each holding at most one connection: this bounds both.
+const MAX_CONCURRENCY: usize = 4096;
+/// DESIGN.md §7 default `max_value_bytes` (16 MiB): larger values are refused anyway.
+const MAX_VALUE_BYTES: usize = 16 << 20;
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Nodes to load, comma-separated; clients are spread over them round-robin.
+    #[arg(long, env = "RINGKV_URL", default_value = DEFAULT_URL, value_delimiter = ',')]
+    url: Vec<String>,
+    /// Operations to measure [default: 100000 unless --duration is given].
+    #[arg(long, conflicts_with = "duration")]
+    ops: Option<u64>,
+    /// Seconds to measure (fractions allowed) instead of a number of operations.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Bytes per written value (ASCII characters).
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Size of the key set: keys are bench-0 .. bench-(K-1).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, value_enum, default_value_t = Workload::Write)]
+    workload: Workload,
+    /// Read quorum sent with every read (?r=R).
+    #[arg(long)]
+    r: Option<u8>,
+    /// Write quorum sent with every write (?w=W).
+    #[arg(long)]
+    w: Option<u8>,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// Unmeasured operations before the measured ones (warms connections and caches).
+    #[arg(long, default_value_t = 0)]
+    warmup_ops: u64,
+    /// Seed of the key choice: the same seed gives every client the same keys.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Per-request timeout in milliseconds; a request past it counts as a timeout error.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+/// How long the measured phase runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    Ops(u64),
+    Duration(Duration),
+}
+
+/// Validated arguments: everything `run` needs, each within its limit.
+#[derive(Debug, PartialEq)]
+pub struct Plan {
+    /// Base URLs, `http://`, no trailing `/`.
+    pub urls: Vec<String>,
+    pub bound: Bound,
+    pub concurrency: usize,
+    pub value_size: usize,
+    pub keys: u64,
+    pub workload: Workload,
+    pub r: Option<u8>,
+    pub w: Option<u8>,
+    pub json: bool,
+    pub warmup_ops: u64,
+    pub seed: u64,
+    pub timeout: Duration,
+}
+
+fn parse_base_url(raw: &str) -> anyhow::Result<String> {
+    let trimmed = raw.trim();
+    let url = reqwest::Url::parse(trimmed)
+        .with_context(|| format!("--url {raw:?} is not a URL (expected http://HOST:PORT)"))?;
+    if url.scheme() != "http" {
+        bail!("--url {raw:?}: only http:// is supported (this build has no TLS)");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("--url {raw:?} has no host");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("--url {raw:?} must not carry a query or fragment: use --r/--w");
+    }
+    Ok(trimmed.trim_end_matches('/').to_owned())
+}
+
+fn check_quorum(name: &str, value: Option<u8>) -> anyhow::Result<Option<u8>> {
+    if value == Some(0) {
+        bail!("--{name} must be at least 1");
+    }
+    Ok(value)
+}
+
+impl Plan {
+    pub fn from_args(args: BenchArgs) -> anyhow::Result<Plan> {
+        let urls = args
+            .url
+            .iter()
+            .filter(|url| !url.trim().is_empty())
+            .map(|url| parse_base_url(url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if urls.is_empty() {
+            bail!("--url names no node");
+        }
+        let bound = match (args.ops, args.duration) {
+            (Some(_), Some(_)) => bail!("give --ops or --duration, not both"),
+            (Some(0), None) => bail!("--ops must be at least 1"),
+            (Some(ops), None) => Bound::Ops(ops),
+            (None, Some(seconds)) => {
+                let duration = Duration::try_from_secs_f64(seconds)
+                    .ok()
+                    .filter(|duration| !duration.is_zero() && *duration <= MAX_DURATION)
+                    .with_context(|| {
+                        format!(
+                            "--duration must be above 0 and at most {} seconds, got {seconds}",
+                            MAX_DURATION.as_secs()
+                        )
+                    })?;
+                Bound::Duration(duration)
+            }
+            (None, None) => Bound::Ops(DEFAULT_OPS),
+        };
+        if !(1..=MAX_CONCURRENCY).contains(&args.concurrency) {
+            bail!(
+                "--concurrency must be 1..={MAX_CONCURRENCY}, got {}",
+                args.concurrency
+            );
+        }
+        if args.value_size > MAX_VALUE_BYTES {
+            bail!(
+                "--value-size must be at most {MAX_VALUE_BYTES} bytes, got {}",
+                args.value_size
+            );
+        }
+        if args.keys == 0 {
+            bail!("--keys must be at least 1");
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&args.timeout_ms) {
+            bail!(
+                "--timeout-ms must be 1..={MAX_TIMEOUT_MS}, got {}",
+                args.timeout_ms
+            );
+        }
+        Ok(Plan {
+            urls,
+            bound,
+            concurrency: args.concurrency,
+            value_size: args.value_size,
+            keys: args.keys,
+            workload: args.workload,
+            r: check_quorum("r", args.r)?,
+            w: check_quorum("w", args.w)?,
+            json: args.json,
+            warmup_ops: args.warmup_ops,
+            seed: args.seed,
+            timeout: Duration::from_millis(args.timeout_ms),
+        })
+    }
+
+    /// `{"value": "..."}` with `value_size` alphanumeric characters from the seed:
+    /// incompressible enough not to flatter the storage engine, and the same each run.
+    pub fn write_body(&self) -> anyhow::Result<Vec<u8>> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = SplitMix64::new(self.seed);
+        let alphabet_len = u64::try_from(ALPHABET.len()).context("alphabet length")?;
+        let value: String = (0..self.value_size)
+            .map(|_| {
+                let index = usize::try_from(rng.below(alphabet_len)).unwrap_or(0);
+                char::from(ALPHABET[index])
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "value": value }))
+            .context("cannot encode the write body")
+    }
+
+    pub fn target(&self) -> anyhow::Result<Target> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(self.concurrency)
+            .timeout(self.timeout)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Target {
+            client,
+            urls: self.urls.clone(),
+            read_query: self.r.map(|r| format!("?r={r}")).unwrap_or_default(),
+            write_query: self.w.map(|w| format!("?w={w}")).unwrap_or_default(),
+            write_body: self.write_body()?,
+            timeout: self.timeout,
+        })
+    }
+
+    pub fn random_ops(&self, phase: u32) -> OpSource {
+        OpSource::Random {
+            seed: self.seed,
+            phase,
+            keys: self.keys,
+            workload: self.workload,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        let cli = TestCli::try_parse_from(argv)?;
+        Plan::from_args(cli.bench)
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match plan(args) {
+            Ok(plan) => panic!("{args:?} was accepted: {plan:?}"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_documented_values() {
+        let plan = plan(&["--url", "http://127.0.0.1:8080"]).expect("valid");
+        assert_eq!(plan.bound, Bound::Ops(100_000));
+        assert_eq!(plan.concurrency, 64);
+        assert_eq!(plan.value_size, 100);
+        assert_eq!(plan.keys, 100_000);
+        assert_eq!(plan.workload, Workload::Write);
+        assert_eq!((plan.r, plan.w, plan.warmup_ops), (None, None, 0));
+        assert!(!plan.json);
+    }
+
+    #[test]
+    fn urls_split_on_commas_and_lose_trailing_slashes() {
+        let plan = plan(&["--url", "http://127.0.0.1:1/,http://127.0.0.1:2"]).expect("valid");
+        assert_eq!(plan.urls, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn urls_without_http_or_with_a_query_are_refused() {
+        assert!(refused(&["--url", "127.0.0.1:8080"]).contains("not a URL"));
+        assert!(refused(&["--url", "https://127.0.0.1:8080"]).contains("only http://"));
+        assert!(refused(&["--url", "http://127.0.0.1:1?w=2"]).contains("--r/--w"));
+        assert!(refused(&["--url", ","]).contains("names no node"));
+    }
+
+    #[test]
+    fn duration_replaces_the_op_count() {
+        let plan = plan(&["--url", "http://h:1", "--duration", "2.5"]).expect("valid");
+        assert_eq!(plan.bound, Bound::Duration(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn ops_and_duration_together_are_refused() {
+        let error = refused(&["--ops", "10", "--duration", "5"]);
+        assert!(error.contains("cannot be used with"), "{error}");
+    }
+
+    #[test]
+    fn bounds_outside_their_limits_are_refused() {
+        for (args, message) in [
+            (&["--ops", "0"][..], "--ops must be at least 1"),
+            (&["--duration", "0"], "--duration must be above 0"),
+            (&["--duration=-1"], "--duration must be above 0"),
+            (&["--duration", "NaN"], "--duration must be above 0"),
+            (&["--duration", "1e9"], "--duration must be above 0"),
+            (&["--concurrency", "0"], "--concurrency must be 1..=4096"),
+            (&["--concurrency", "5000"], "--concurrency must be 1..=4096"),
+            (&["--keys", "0"], "--keys must be at least 1"),
+            (
+                &["--value-size", "16777217"],
+                "--value-size must be at most",
+            ),
+            (&["--r", "0"], "--r must be at least 1"),
+            (&["--w", "0"], "--w must be at least 1"),
+            (&["--timeout-ms", "0"], "--timeout-ms must be 1..="),
+        ] {
+            let mut full = vec!["--url", "http://127.0.0.1:8080"];
+            full.extend_from_slice(args);
+            let error = refused(&full);
+            assert!(error.contains(message), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn workloads_quorums_and_warmup_are_parsed() {
+        let plan = plan(&[
+            "--url",
+            "http://h:1",
+            "--workload",
+            "mixed",
+            "--r",
+            "2",
+            "--w",
+            "3",
+            "--warmup-ops",
+            "500",
+            "--json",
+        ])
+        .expect("valid");
+        assert_eq!(plan.workload, Workload::Mixed);
+        assert_eq!((plan.r, plan.w, plan.warmup_ops), (Some(2), Some(3), 500));
+        assert!(plan.json);
+        assert!(refused(&["--workload", "scan"]).contains("invalid value"));
+    }
+
+    #[test]
+    fn the_write_body_is_json_with_value_size_characters() {
+        let plan = plan(&["--url", "http://h:1", "--value-size", "37"]).expect("valid");
+        let body: serde_json::Value =
+            serde_json::from_slice(&plan.write_body().expect("encodes")).expect("json");
+        let value = body["value"].as_str().expect("a string value");
+        assert_eq!(value.len(), 37);
+        assert!(value.bytes().all(|byte| byte.is_ascii_alphanumeric()));
+        assert_eq!(
+            plan.write_body().expect("encodes"),
+            plan.write_body().expect("encodes")
+        );
+    }
+}

@@ -1,0 +1,420 @@
+//! The coordinator (DESIGN.md §5): turns one client request into calls to the key's
+//! N replicas and answers after W durable acks (writes) or R answers (reads).
+//!
+//! Writes: a node that is not one of the key's replicas forwards the write one hop
+//! to a replica (`Coordinate`). The coordinator applies the write as a new version on
+//! one replica (itself first; `Update`), then sends the resulting record to the other
+//! replicas (`Replicate`) and answers once W replicas hold it durably. The calls
+//! still running are not cancelled: they reach their replicas anyway.
+//!
+//! Reads: any node coordinates. It asks all N replicas, answers with the merge of the
+//! first R answers, and once the rest have answered (or timed out) sends the merge
+//! of all answers to every replica that held less (read repair), in the background.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse};
+use ringkv_core::{Context, Key, NodeId, Record};
+
+use crate::gather::Gather;
+use crate::membership::Membership;
+use crate::node::Write;
+use crate::replica::encode_write;
+use crate::transport::{BoxFuture, Peer, Spawn, Transport, TransportError};
+
+/// What the coordinator needs to know from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// N: replicas per key.
+    pub replication_factor: u8,
+    /// How long one call to a replica may take (`request_timeout_ms`).
+    pub request_timeout: Duration,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error(
+        "{acked} of {required} required replicas acknowledged{}",
+        if *write { "; the write may have been applied on some replicas" } else { "" }
+    )]
+    QuorumUnavailable {
+        acked: u8,
+        required: u8,
+        write: bool,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<PeerError> for CoordinatorError {
+    fn from(error: PeerError) -> CoordinatorError {
+        match error {
+            PeerError::QuorumUnavailable { acked, required } => {
+                CoordinatorError::QuorumUnavailable {
+                    acked,
+                    required,
+                    write: true,
+                }
+            }
+            PeerError::Corrupt { message } => CoordinatorError::Corrupt(message),
+            PeerError::Invalid { message } => CoordinatorError::Invalid(message),
+            PeerError::Internal { message } => CoordinatorError::Internal(message),
+        }
+    }
+}
+
+impl From<&CoordinatorError> for PeerError {
+    fn from(error: &CoordinatorError) -> PeerError {
+        match error {
+            CoordinatorError::QuorumUnavailable {
+                acked, required, ..
+            } => PeerError::QuorumUnavailable {
+                acked: *acked,
+                required: *required,
+            },
+            CoordinatorError::Invalid(message) => PeerError::Invalid {
+                message: message.clone(),
+            },
+            CoordinatorError::Corrupt(message) => PeerError::Corrupt {
+                message: message.clone(),
+            },
+            CoordinatorError::Internal(message) => PeerError::Internal {
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// Whether a failed call certainly never reached the peer, so trying another one
+/// cannot apply the request twice.
+fn never_delivered(error: &TransportError) -> bool {
+    matches!(
+        error,
+        TransportError::Unreachable { .. }
+            | TransportError::Overloaded(_)
+            | TransportError::Protocol { .. }
+    )
+}
+
+/// One node's coordinator.
+pub struct Coordinator {
+    membership: Arc<Membership>,
+    transport: Arc<dyn Transport>,
+    spawner: Arc<dyn Spawn>,
+    settings: Settings,
+}
+
+impl Coordinator {
+    pub fn new(
+        membership: Arc<Membership>,
+        transport: Arc<dyn Transport>,
+        spawner: Arc<dyn Spawn>,
+        settings: Settings,
+    ) -> Coordinator {
+        Coordinator {
+            membership,
+            transport,
+            spawner,
+            settings,
+        }
+    }
+
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// The key's replicas, in preference order.
+    pub fn replicas(&self, key: &Key) -> Vec<NodeId> {
+        let ring = self.membership.ring();
+        ring.preference_list(key.token(), usize::from(self.settings.replication_factor))
+            .replicas()
+            .to_vec()
+    }
+
+    fn peers(&self, nodes: &[NodeId]) -> Vec<Peer> {
+        nodes
+            .iter()
+            .filter_map(|id| self.membership.peer(*id))
+            .collect()
+    }
+
+    /// Applies a client write; answers with the writer's new version once `required`
+    /// replicas hold it durably. `forwarded` writes came from another node and are
+    /// coordinated here whatever this node's ring says (one hop only).
+    ///
+    /// # Errors
+    /// `QuorumUnavailable` (the write may have been applied on some replicas), or the
+    /// replica's `Invalid` / `Corrupt` / `Internal`.
+    pub async fn write(
+        &self,
+        write: Write,
+        required: u8,
+        forwarded: bool,
+    ) -> Result<Context, CoordinatorError> {
+        let replicas = self.replicas(&write.key);
+        let unavailable = |acked: u8| CoordinatorError::QuorumUnavailable {
+            acked,
+            required,
+            write: true,
+        };
+        if replicas.len() < usize::from(required) {
+            return Err(unavailable(0));
+        }
+        let me = self.membership.me();
+        let timeout = self.settings.request_timeout;
+        if !replicas.contains(&me) && !forwarded {
+            for peer in self.peers(&replicas) {
+                let request = PeerRequest::Coordinate {
+                    write: encode_write(&write),
+                    required,
+                };
+                match self.transport.call(&peer, request, timeout).await {
+                    Ok(PeerResponse::Written { version }) => return decode_version(&version),
+                    Ok(PeerResponse::Error(error)) => return Err(error.into()),
+                    Ok(other) => return Err(unexpected(&other)),
+                    Err(error) if never_delivered(&error) => continue,
+                    Err(_) => return Err(unavailable(0)),
+                }
+            }
+            return Err(unavailable(0));
+        }
+
+        // Apply the write as a new version on one replica, this node first.
+        let mut order = replicas.clone();
+        order.sort_by_key(|id| *id != me);
+        let mut applied = None;
+        for peer in self.peers(&order) {
+            let request = PeerRequest::Update {
+                write: encode_write(&write),
+            };
+            match self.transport.call(&peer, request, timeout).await {
+                Ok(PeerResponse::Updated { record, version }) => {
+                    applied = Some((peer.id, record, version));
+                    break;
+                }
+                Ok(PeerResponse::Error(error)) => return Err(error.into()),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(error) if never_delivered(&error) => continue,
+                Err(_) => return Err(unavailable(0)),
+            }
+        }
+        let Some((updated_on, record, version)) = applied else {
+            return Err(unavailable(0));
+        };
+        let version = decode_version(&version)?;
+
+        // Replicate the new record; answer after `required` durable acks in all.
+        let key = write.key.to_bytes();
+        let calls: Vec<(NodeId, BoxFuture<bool>)> = self
+            .peers(&replicas)
+            .into_iter()
+            .filter(|peer| peer.id != updated_on)
+            .map(|peer| {
+                let request = PeerRequest::Replicate {
+                    key: key.clone(),
+                    record: record.clone(),
+                };
+                let call = self.transport.call(&peer, request, timeout);
+                let acked: BoxFuture<bool> =
+                    Box::pin(async move { matches!(call.await, Ok(PeerResponse::Ack)) });
+                (peer.id, acked)
+            })
+            .collect();
+        let mut gather = Gather::new(calls);
+        let needed = usize::from(required).saturating_sub(1);
+        gather
+            .until(|done| done.iter().filter(|(_, ok)| *ok).count() >= needed)
+            .await;
+        let acked = 1 + gather.done().iter().filter(|(_, ok)| *ok).count();
+        let acked = u8::try_from(acked).unwrap_or(u8::MAX);
+        if acked >= required {
+            metrics::counter!("ringkv_coordinator_writes_total", "outcome" => "ok").increment(1);
+            Ok(version)
+        } else {
+            metrics::counter!("ringkv_coordinator_writes_total", "outcome" => "quorum_unavailable")
+                .increment(1);
+            Err(unavailable(acked))
+        }
+    }
+
+    /// Answers a peer's `Coordinate` request.
+    pub async fn on_coordinate(&self, write: Write, required: u8) -> PeerResponse {
+        match self.write(write, required, true).await {
+            Ok(version) => PeerResponse::Written {
+                version: Bytes::from(version.to_bytes()),
+            },
+            Err(error) => PeerResponse::Error((&error).into()),
+        }
+    }
+
+    /// Reads a key: the merge of the first `required` replicas' records (`None` when
+    /// none holds it), then read repair in the background.
+    ///
+    /// # Errors
+    /// `QuorumUnavailable` when fewer than `required` replicas answered in time;
+    /// `Corrupt` when that is because a replica's record does not decode.
+    pub async fn read(&self, key: &Key, required: u8) -> Result<Option<Record>, CoordinatorError> {
+        let replicas = self.replicas(key);
+        if replicas.len() < usize::from(required) {
+            return Err(CoordinatorError::QuorumUnavailable {
+                acked: 0,
+                required,
+                write: false,
+            });
+        }
+        let mut gather = Gather::new(self.read_calls(key, &replicas));
+        let needed = usize::from(required);
+        gather
+            .until(|done| done.iter().filter(|(_, reply)| reply.is_ok()).count() >= needed)
+            .await;
+        let answered: Vec<&Option<Record>> = gather
+            .done()
+            .iter()
+            .filter_map(|(_, reply)| reply.as_ref().ok())
+            .collect();
+        if answered.len() < needed {
+            let corrupt = gather.done().iter().find_map(|(_, reply)| match reply {
+                Err(ReadFailure::Corrupt(message)) => Some(message.clone()),
+                _ => None,
+            });
+            if let Some(message) = corrupt {
+                return Err(CoordinatorError::Corrupt(message));
+            }
+            let acked = u8::try_from(answered.len()).unwrap_or(u8::MAX);
+            return Err(CoordinatorError::QuorumUnavailable {
+                acked,
+                required,
+                write: false,
+            });
+        }
+        let merged = merge(answered.into_iter());
+        self.repair_later(key.to_bytes(), gather);
+        Ok(merged)
+    }
+
+    /// Every replica's record as it holds it now, without repair (`/v1/debug/key`).
+    pub async fn read_each(&self, key: &Key) -> Vec<(NodeId, Result<Option<Record>, String>)> {
+        let replicas = self.replicas(key);
+        let mut gather = Gather::new(self.read_calls(key, &replicas));
+        gather.all().await;
+        let mut replies: Vec<(NodeId, Result<Option<Record>, String>)> = gather
+            .into_done()
+            .into_iter()
+            .map(|(node, reply)| (node, reply.map_err(|failure| failure.to_string())))
+            .collect();
+        replies.sort_by_key(|(node, _)| replicas.iter().position(|r| r == node));
+        replies
+    }
+
+    fn read_calls(&self, key: &Key, replicas: &[NodeId]) -> Vec<(NodeId, BoxFuture<ReadReply>)> {
+        let timeout = self.settings.request_timeout;
+        self.peers(replicas)
+            .into_iter()
+            .map(|peer| {
+                let call = self.transport.call(
+                    &peer,
+                    PeerRequest::Read {
+                        key: key.to_bytes(),
+                    },
+                    timeout,
+                );
+                let reply: BoxFuture<ReadReply> = Box::pin(async move { read_reply(call.await) });
+                (peer.id, reply)
+            })
+            .collect()
+    }
+
+    /// Once every replica has answered, sends the merge of all answers to each that
+    /// held less.
+    fn repair_later(&self, key: Bytes, mut gather: Gather<ReadReply>) {
+        let transport = self.transport.clone();
+        let membership = self.membership.clone();
+        let timeout = self.settings.request_timeout;
+        self.spawner.spawn(Box::pin(async move {
+            gather.all().await;
+            let replies = gather.into_done();
+            let Some(merged) = merge(replies.iter().filter_map(|(_, reply)| reply.as_ref().ok()))
+            else {
+                return;
+            };
+            let encoded = Bytes::from(merged.encode());
+            for (node, reply) in &replies {
+                let stale = match reply {
+                    Ok(Some(record)) => *record != merged,
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                let Some(peer) = membership.peer(*node).filter(|_| stale) else {
+                    continue;
+                };
+                metrics::counter!("ringkv_read_repairs_total").increment(1);
+                let request = PeerRequest::Replicate {
+                    key: key.clone(),
+                    record: encoded.clone(),
+                };
+                if let Err(error) = transport.call(&peer, request, timeout).await {
+                    tracing::debug!(node = %node, "read repair failed: {error}");
+                }
+            }
+        }));
+    }
+}
+
+/// What a replica's `Read` came back as.
+type ReadReply = Result<Option<Record>, ReadFailure>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+enum ReadFailure {
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn read_reply(reply: Result<PeerResponse, TransportError>) -> ReadReply {
+    match reply {
+        Ok(PeerResponse::Record { record: None }) => Ok(None),
+        Ok(PeerResponse::Record {
+            record: Some(bytes),
+        }) => Record::decode(&bytes)
+            .map(Some)
+            .map_err(|error| ReadFailure::Failed(format!("replica sent a bad record: {error}"))),
+        Ok(PeerResponse::Error(PeerError::Corrupt { message })) => {
+            Err(ReadFailure::Corrupt(message))
+        }
+        Ok(PeerResponse::Error(error)) => Err(ReadFailure::Failed(format!("{error:?}"))),
+        Ok(other) => Err(ReadFailure::Failed(format!("unexpected answer {other:?}"))),
+        Err(error) => Err(ReadFailure::Failed(error.to_string())),
+    }
+}
+
+/// The merge of records (`None` when no replica holds one).
+fn merge<'a>(records: impl Iterator<Item = &'a Option<Record>>) -> Option<Record> {
+    records
+        .flatten()
+        .fold(None, |merged: Option<Record>, record| {
+            let mut merged = merged.unwrap_or_default();
+            merged.sync(record);
+            Some(merged)
+        })
+}
+
+fn decode_version(bytes: &[u8]) -> Result<Context, CoordinatorError> {
+    Context::from_bytes(bytes)
+        .map_err(|error| CoordinatorError::Internal(format!("replica sent a bad version: {error}")))
+}
+
+fn unexpected(response: &PeerResponse) -> CoordinatorError {
+    CoordinatorError::Internal(format!("unexpected answer from a replica: {response:?}"))
+}

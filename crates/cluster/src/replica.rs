@@ -1,0 +1,147 @@
+//! The replica side of the peer protocol: what a node does with `Update`,
+//! `Replicate` and `Read` from a coordinator (possibly itself). Synchronous and
+//! blocking (storage): the transport runs it off the async runtime and waits for the
+//! returned durability barrier before it answers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse, WireWrite};
+use ringkv_core::{Context, Key, Record};
+use ringkv_storage::{StorageError, SyncWait};
+
+use crate::node::{Node, NodeError, Write, WriteBody};
+
+/// A replica's answer, to send once `durable` (if any) has resolved.
+pub struct ReplicaReply {
+    pub response: PeerResponse,
+    pub durable: Option<SyncWait>,
+}
+
+impl ReplicaReply {
+    fn now(response: PeerResponse) -> ReplicaReply {
+        ReplicaReply {
+            response,
+            durable: None,
+        }
+    }
+
+    fn error(error: PeerError) -> ReplicaReply {
+        ReplicaReply::now(PeerResponse::Error(error))
+    }
+}
+
+fn invalid(message: String) -> PeerError {
+    PeerError::Invalid { message }
+}
+
+impl From<NodeError> for PeerError {
+    fn from(error: NodeError) -> PeerError {
+        match error {
+            NodeError::Storage(StorageError::Corrupt { .. }) => PeerError::Corrupt {
+                message: error.to_string(),
+            },
+            NodeError::TtlOverflow { .. } => PeerError::Invalid {
+                message: error.to_string(),
+            },
+            NodeError::Storage(_) => PeerError::Internal {
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
+/// Decodes a write that came over the wire.
+///
+/// # Errors
+/// A bad key or version.
+pub fn decode_write(write: WireWrite) -> Result<Write, PeerError> {
+    let key = Key::from_stored(write.key).map_err(|error| invalid(format!("bad key: {error}")))?;
+    let seen = Context::from_bytes(&write.seen)
+        .map_err(|error| invalid(format!("bad version: {error}")))?;
+    Ok(Write {
+        key,
+        body: match write.value {
+            Some(value) => WriteBody::Value(value),
+            None => WriteBody::Delete,
+        },
+        seen,
+        ttl: write.ttl_ms.map(Duration::from_millis),
+    })
+}
+
+/// Encodes a write for the wire.
+pub fn encode_write(write: &Write) -> WireWrite {
+    WireWrite {
+        key: write.key.to_bytes(),
+        value: match &write.body {
+            WriteBody::Value(value) => Some(value.clone()),
+            WriteBody::Delete => None,
+        },
+        seen: Bytes::from(write.seen.to_bytes()),
+        ttl_ms: write
+            .ttl
+            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+impl Node {
+    /// Handles a replica request. `Coordinate` and `Members` are not replica work and
+    /// are answered with an error; the caller routes them elsewhere.
+    pub fn handle_replica(&self, request: PeerRequest) -> ReplicaReply {
+        match request {
+            PeerRequest::Update { write } => {
+                let write = match decode_write(write) {
+                    Ok(write) => write,
+                    Err(error) => return ReplicaReply::error(error),
+                };
+                match self.write(write) {
+                    Ok(written) => ReplicaReply {
+                        response: PeerResponse::Updated {
+                            record: Bytes::from(written.record.encode()),
+                            version: Bytes::from(written.version.to_bytes()),
+                        },
+                        durable: Some(written.durable),
+                    },
+                    Err(error) => ReplicaReply::error(error.into()),
+                }
+            }
+            PeerRequest::Replicate { key, record } => {
+                let key = match Key::from_stored(key) {
+                    Ok(key) => key,
+                    Err(error) => return ReplicaReply::error(invalid(format!("bad key: {error}"))),
+                };
+                let record = match Record::decode(&record) {
+                    Ok(record) => record,
+                    Err(error) => {
+                        return ReplicaReply::error(invalid(format!("bad record: {error}")));
+                    }
+                };
+                match self.replicate(&key, &record) {
+                    Ok(durable) => ReplicaReply {
+                        response: PeerResponse::Ack,
+                        durable: Some(durable),
+                    },
+                    Err(error) => ReplicaReply::error(error.into()),
+                }
+            }
+            PeerRequest::Read { key } => {
+                let key = match Key::from_stored(key) {
+                    Ok(key) => key,
+                    Err(error) => return ReplicaReply::error(invalid(format!("bad key: {error}"))),
+                };
+                match self.read(&key) {
+                    Ok(record) => ReplicaReply::now(PeerResponse::Record {
+                        record: record.map(|record| Bytes::from(record.encode())),
+                    }),
+                    Err(error) => ReplicaReply::error(error.into()),
+                }
+            }
+            PeerRequest::Coordinate { .. } | PeerRequest::Members { .. } => {
+                ReplicaReply::error(PeerError::Internal {
+                    message: "not a replica request".into(),
+                })
+            }
+        }
+    }
+}

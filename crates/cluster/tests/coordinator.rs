@@ -1,0 +1,359 @@
+//! The coordinator over an in-memory network of nodes with memory engines: quorum
+//! writes and reads, siblings, unavailable replicas, forwarding, read repair. The
+//! real TCP transport is tested in `ringkv-server`; whole-cluster faults in the
+//! simulator.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on anything unexpected.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_cluster::coordinator::{Coordinator, CoordinatorError, Settings};
+use ringkv_cluster::membership::Membership;
+use ringkv_cluster::replica::decode_write;
+use ringkv_cluster::{
+    BoxFuture, ManualClock, Node, Peer, Spawn, Transport, TransportError, Write, WriteBody,
+};
+use ringkv_core::ring::{Ring, allocate_tokens};
+use ringkv_core::wire::{PeerRequest, PeerResponse};
+use ringkv_core::{
+    ActorId, ConflictPolicy, Context, Key, Limits, Member, MemberState, NodeId, ReadView, Record,
+};
+use ringkv_storage::MemoryEngine;
+
+struct TestNode {
+    node: Arc<Node>,
+    membership: Arc<Membership>,
+    coordinator: OnceLock<Arc<Coordinator>>,
+}
+
+/// Delivers calls straight to the target node; nodes in `down` are unreachable.
+#[derive(Default)]
+struct Network {
+    nodes: OnceLock<BTreeMap<NodeId, Arc<TestNode>>>,
+    down: Mutex<Vec<NodeId>>,
+}
+
+impl Transport for Network {
+    fn call(
+        &self,
+        to: &Peer,
+        request: PeerRequest,
+        _timeout: Duration,
+    ) -> BoxFuture<Result<PeerResponse, TransportError>> {
+        if self.down.lock().unwrap().contains(&to.id) {
+            let id = to.id;
+            return Box::pin(async move {
+                Err(TransportError::Unreachable {
+                    peer: id,
+                    reason: "down".into(),
+                })
+            });
+        }
+        let target = self.nodes.get().unwrap()[&to.id].clone();
+        // Sent now, like the real transport: the work runs even if nobody awaits it.
+        let task = tokio::spawn(async move {
+            match request {
+                PeerRequest::Coordinate { write, required } => {
+                    let coordinator = target.coordinator.get().unwrap().clone();
+                    coordinator
+                        .on_coordinate(decode_write(write).unwrap(), required)
+                        .await
+                }
+                PeerRequest::Members { members } => target.membership.on_members(members),
+                other => {
+                    let reply = target.node.handle_replica(other);
+                    if let Some(durable) = reply.durable {
+                        durable.await.unwrap();
+                    }
+                    reply.response
+                }
+            }
+        });
+        Box::pin(async move { task.await.map_err(|_| TransportError::Closed) })
+    }
+}
+
+struct TokioSpawn;
+impl Spawn for TokioSpawn {
+    fn spawn(&self, task: BoxFuture<()>) {
+        tokio::spawn(task);
+    }
+}
+
+struct Cluster {
+    network: Arc<Network>,
+    nodes: BTreeMap<NodeId, Arc<TestNode>>,
+}
+
+fn cluster(size: u64, replication_factor: u8) -> Cluster {
+    let mut members = Vec::new();
+    for id in 0..size {
+        let ring = Ring::from_members(&members);
+        let weights = members.iter().map(|m: &Member| (m.id, m.vnodes)).collect();
+        let tokens = allocate_tokens(&ring, &weights, NodeId(id), 32, id);
+        members.push(Member {
+            id: NodeId(id),
+            generation: 1,
+            state: MemberState::Normal,
+            peer_addr: format!("node-{id}"),
+            http_addr: String::new(),
+            resp_addr: String::new(),
+            vnodes: 32,
+            tokens,
+        });
+    }
+    let network = Arc::new(Network::default());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let mut nodes = BTreeMap::new();
+    for member in &members {
+        let membership = Arc::new(Membership::new(member.clone()));
+        membership.merge(members.clone());
+        let node = Arc::new(Node::new(
+            Arc::new(MemoryEngine::new()),
+            clock.clone(),
+            ActorId(100 + member.id.0),
+            ConflictPolicy::Siblings,
+        ));
+        let test_node = Arc::new(TestNode {
+            node,
+            membership: membership.clone(),
+            coordinator: OnceLock::new(),
+        });
+        let coordinator = Arc::new(Coordinator::new(
+            membership,
+            network.clone(),
+            Arc::new(TokioSpawn),
+            Settings {
+                replication_factor,
+                request_timeout: Duration::from_millis(500),
+            },
+        ));
+        test_node.coordinator.set(coordinator).ok().unwrap();
+        nodes.insert(member.id, test_node);
+    }
+    network.nodes.set(nodes.clone()).ok().unwrap();
+    Cluster { network, nodes }
+}
+
+impl Cluster {
+    fn coordinator(&self, id: u64) -> Arc<Coordinator> {
+        self.nodes[&NodeId(id)].coordinator.get().unwrap().clone()
+    }
+
+    fn local(&self, id: NodeId, key: &Key) -> Option<Record> {
+        self.nodes[&id].node.read(key).unwrap()
+    }
+
+    fn set_down(&self, id: NodeId, down: bool) {
+        let mut list = self.network.down.lock().unwrap();
+        list.retain(|x| *x != id);
+        if down {
+            list.push(id);
+        }
+    }
+}
+
+fn key(raw: &str) -> Key {
+    Key::parse(raw.to_string(), &Limits::default()).unwrap()
+}
+
+fn put(raw: &str, value: &'static str, seen: Context) -> Write {
+    Write {
+        key: key(raw),
+        body: WriteBody::Value(Bytes::from_static(value.as_bytes())),
+        seen,
+        ttl: None,
+    }
+}
+
+fn values(record: &Record) -> Vec<String> {
+    match record.view(ConflictPolicy::Siblings, 0) {
+        ReadView::Absent => vec![],
+        ReadView::Value(s) => vec![body(s)],
+        ReadView::Siblings(all) => all.into_iter().map(body).collect(),
+    }
+}
+
+fn body(sibling: &ringkv_core::Sibling) -> String {
+    match &sibling.body {
+        ringkv_core::Body::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn write_all_then_read_one_anywhere() {
+    let cluster = cluster(3, 3);
+    cluster
+        .coordinator(0)
+        .write(put("k", "v", Context::default()), 3, false)
+        .await
+        .unwrap();
+    for id in 0..3 {
+        let record = cluster
+            .coordinator(id)
+            .read(&key("k"), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(values(&record), ["v"]);
+        assert_eq!(
+            values(&cluster.local(NodeId(id), &key("k")).unwrap()),
+            ["v"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn racing_writes_become_siblings_and_the_version_resolves_them() {
+    let cluster = cluster(3, 3);
+    cluster
+        .coordinator(0)
+        .write(put("k", "a", Context::default()), 3, false)
+        .await
+        .unwrap();
+    cluster
+        .coordinator(1)
+        .write(put("k", "b", Context::default()), 3, false)
+        .await
+        .unwrap();
+    let record = cluster
+        .coordinator(2)
+        .read(&key("k"), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut both = values(&record);
+    both.sort();
+    assert_eq!(both, ["a", "b"]);
+    cluster
+        .coordinator(2)
+        .write(put("k", "c", record.context().clone()), 3, false)
+        .await
+        .unwrap();
+    let record = cluster
+        .coordinator(0)
+        .read(&key("k"), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(values(&record), ["c"]);
+}
+
+#[tokio::test]
+async fn unreachable_replicas_fail_strict_quorums_but_not_loose_ones() {
+    let cluster = cluster(3, 3);
+    let replicas = cluster.coordinator(0).replicas(&key("k"));
+    let down = replicas[2];
+    cluster.set_down(down, true);
+    let coordinator = cluster.coordinator(replicas[0].0);
+    let error = coordinator
+        .write(put("k", "v", Context::default()), 3, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        CoordinatorError::QuorumUnavailable {
+            acked: 2,
+            required: 3,
+            write: true
+        }
+    );
+    coordinator
+        .write(put("k", "v", Context::default()), 2, false)
+        .await
+        .unwrap();
+    let error = coordinator.read(&key("k"), 3).await.unwrap_err();
+    assert_eq!(
+        error,
+        CoordinatorError::QuorumUnavailable {
+            acked: 2,
+            required: 3,
+            write: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_a_write_is_repaired_by_a_read() {
+    let cluster = cluster(3, 3);
+    let replicas = cluster.coordinator(0).replicas(&key("k"));
+    let (coordinator, missed) = (cluster.coordinator(replicas[0].0), replicas[2]);
+    cluster.set_down(missed, true);
+    coordinator
+        .write(put("k", "v", Context::default()), 2, false)
+        .await
+        .unwrap();
+    assert!(cluster.local(missed, &key("k")).is_none());
+    cluster.set_down(missed, false);
+    let record = coordinator.read(&key("k"), 3).await.unwrap().unwrap();
+    assert_eq!(values(&record), ["v"]);
+    // Repair runs in the background once every replica has answered.
+    for _ in 0..100 {
+        if cluster.local(missed, &key("k")).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        cluster.local(missed, &key("k")),
+        cluster.local(replicas[0], &key("k"))
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_is_not_a_replica_forwards_the_write() {
+    let cluster = cluster(5, 3);
+    let replicas = cluster.coordinator(0).replicas(&key("k"));
+    let outsider = (0..5)
+        .map(NodeId)
+        .find(|id| !replicas.contains(id))
+        .unwrap();
+    let version = cluster
+        .coordinator(outsider.0)
+        .write(put("k", "v", Context::default()), 3, false)
+        .await
+        .unwrap();
+    assert!(!version.is_empty());
+    assert!(
+        cluster.local(outsider, &key("k")).is_none(),
+        "the outsider stores nothing"
+    );
+    for replica in &replicas {
+        assert_eq!(values(&cluster.local(*replica, &key("k")).unwrap()), ["v"]);
+    }
+    // The version names exactly that write: writing with it supersedes it.
+    cluster
+        .coordinator(outsider.0)
+        .write(put("k", "w", version), 3, false)
+        .await
+        .unwrap();
+    let record = cluster
+        .coordinator(outsider.0)
+        .read(&key("k"), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(values(&record), ["w"]);
+}
+
+#[tokio::test]
+async fn quorum_larger_than_the_cluster_is_unavailable() {
+    let cluster = cluster(2, 3);
+    let error = cluster
+        .coordinator(0)
+        .write(put("k", "v", Context::default()), 3, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        CoordinatorError::QuorumUnavailable {
+            acked: 0,
+            required: 3,
+            write: true
+        }
+    );
+}
