@@ -13,6 +13,8 @@ use clap::Args;
 /// How long a node may take to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const MAX_NODES: u16 = 16;
+/// How long one node may take to join and serve.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -71,6 +73,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 return Err(error).context(format!("cannot start node {index}"));
             }
         }
+        // One at a time: a node takes its ring tokens from what it learns when it
+        // joins, so nodes joining together would split the same ranges.
+        if let Err(error) = wait_until_serving(&http, &mut children) {
+            stop_all(&mut children);
+            return Err(error.context(format!("node {index} did not start")));
+        }
         println!(
             "node {index}: http://{http}  resp {resp}  peer {peer}  data {}",
             data_dir.display()
@@ -92,6 +100,39 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let outcome = runtime.block_on(watch(&mut children));
     stop_all(&mut children);
     outcome
+}
+
+/// Waits (at most `START_TIMEOUT`) until `http` answers `GET /health` with 200: a
+/// node serves HTTP only once it has joined the cluster.
+fn wait_until_serving(http: &str, children: &mut [(u16, Child)]) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = http.parse().context("bad http address")?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if health_ok(addr) {
+            return Ok(());
+        }
+        if let Some((_, child)) = children.last_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            bail!("it exited ({status})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("not serving on {http} after {START_TIMEOUT:?}")
+}
+
+/// One `GET /health` over a plain socket (no HTTP client needed for one line).
+fn health_ok(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: ringkv\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
 /// Waits for Ctrl-C / SIGTERM, or for a node to exit on its own (an error).

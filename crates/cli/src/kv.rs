@@ -171,22 +171,49 @@ pub fn status(args: UrlArgs) -> anyhow::Result<ExitCode> {
     if status != 200 {
         return fail(status, &answer);
     }
-    let nodes = answer["nodes"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
     println!(
-        "{:<22} {:<22} {:<12} {:>6} {:>8}",
-        "node", "http", "status", "vnodes", "hints"
+        "N={} R={} W={} (asked node {})",
+        answer["replication_factor"], answer["read_quorum"], answer["write_quorum"], answer["node_id"]
+    );
+    let nodes = answer["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    println!(
+        "{:<20} {:<12} {:<22} {:<22} {:>6} {:>9} {:>6}",
+        "node", "status", "http", "peer", "vnodes", "owns", "hints"
     );
     for node in nodes {
         println!(
-            "{:<22} {:<22} {:<12} {:>6} {:>8}",
+            "{:<20} {:<12} {:<22} {:<22} {:>6} {:>8.1}% {:>6}",
             node["id"].to_string(),
-            node["http_addr"].as_str().unwrap_or(""),
             node["status"].as_str().unwrap_or(""),
+            node["http_addr"].as_str().unwrap_or(""),
+            node["peer_addr"].as_str().unwrap_or(""),
             node["vnodes"].to_string(),
+            node["ownership"].as_f64().unwrap_or(0.0) * 100.0,
             node["hints_queued"].to_string(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn ring(args: UrlArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/v1/cluster/ring", args.url.trim_end_matches('/'));
+    let (status, answer) = send(reqwest::Client::new().get(url))?;
+    if status != 200 {
+        return fail(status, &answer);
+    }
+    let nodes = answer["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    println!("{:<20} {:>6} {:>9}  first tokens", "node", "vnodes", "owns");
+    for node in nodes {
+        let tokens: Vec<&str> = node["tokens"]
+            .as_array()
+            .map(|tokens| tokens.iter().take(2).filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:>6} {:>8.1}%  {}",
+            node["id"].to_string(),
+            node["vnodes"].to_string(),
+            node["ownership"].as_f64().unwrap_or(0.0) * 100.0,
+            tokens.join(" "),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -29,6 +29,39 @@ const CONFLICT_POLICIES: &[(&str, ConflictPolicy)] = &[
     ("siblings", ConflictPolicy::Siblings),
     ("lww", ConflictPolicy::Lww),
 ];
+/// Named (R, W) pairs for N = 3 (config key `quorum_preset`); an explicit
+/// `read_quorum` / `write_quorum` from any source beats the preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuorumPreset {
+    /// R=3, W=3.
+    Strong,
+    /// R=2, W=2 (the default).
+    Balanced,
+    /// R=1, W=2.
+    FastReads,
+    /// R=1, W=1.
+    Eventual,
+}
+
+impl QuorumPreset {
+    /// (read quorum, write quorum).
+    pub fn quorums(self) -> (u8, u8) {
+        match self {
+            QuorumPreset::Strong => (3, 3),
+            QuorumPreset::Balanced => (2, 2),
+            QuorumPreset::FastReads => (1, 2),
+            QuorumPreset::Eventual => (1, 1),
+        }
+    }
+}
+
+const QUORUM_PRESETS: &[(&str, QuorumPreset)] = &[
+    ("strong", QuorumPreset::Strong),
+    ("balanced", QuorumPreset::Balanced),
+    ("fast_reads", QuorumPreset::FastReads),
+    ("eventual", QuorumPreset::Eventual),
+];
+
 const DURABILITIES: &[(&str, Durability)] = &[
     ("fsync", Durability::Fsync),
     ("buffered", Durability::Buffered),
@@ -116,9 +149,11 @@ keys! {
     cluster_secret: Option<String> = None, Secret, "SECRET";
     /// N, replicas per key, 1..=7 [default: 3].
     replication_factor: u8 = 3, Num::int(1, 7), "N";
-    /// R, default read quorum, 1..=N [default: 2].
+    /// Named R/W: strong (3/3) | balanced (2/2) | fast_reads (1/2) | eventual (1/1) [default: balanced].
+    quorum_preset: QuorumPreset = QuorumPreset::Balanced, Choice(QUORUM_PRESETS), "PRESET";
+    /// R, default read quorum, 1..=N [default: from quorum_preset].
     read_quorum: u8 = 2, Num::int(1, 7), "R";
-    /// W, default write quorum, 1..=N [default: 2].
+    /// W, default write quorum, 1..=N [default: from quorum_preset].
     write_quorum: u8 = 2, Num::int(1, 7), "W";
     /// Virtual nodes per node, 1..=4096 [default: 256].
     vnodes: u16 = 256, Num::int(1, 4096), "COUNT";
@@ -146,7 +181,7 @@ keys! {
     request_timeout_ms: u64 = 2000, MS, "MS";
     /// How long tombstones are kept before purge [default: 864000000, 10 days].
     tombstone_gc_grace_ms: u64 = 864_000_000, MS, "MS";
-    /// Longest key, 1..=64KiB [default: 8KiB].
+    /// Longest key, 1..=32KiB [default: 8KiB].
     max_key_bytes: usize = 8192, Num::size(ringkv_core::MAX_KEY_BYTES as u64), "SIZE";
     /// Longest value, 1..=1GiB [default: 16MiB].
     max_value_bytes: usize = 16 << 20, Num::size(1 << 30), "SIZE";
@@ -279,7 +314,14 @@ pub fn load_from(
         .or_else(|| nonempty(env("RINGKV_CONFIG")).map(PathBuf::from));
     let file = path.map(read_file).transpose()?;
     let src = Sources { args, env, file };
-    let config = src.config()?;
+    let mut config = src.config()?;
+    let (preset_r, preset_w) = config.quorum_preset.quorums();
+    if src.get("read_quorum").is_none() {
+        config.read_quorum = preset_r;
+    }
+    if src.get("write_quorum").is_none() {
+        config.write_quorum = preset_w;
+    }
     let n = u64::from(config.replication_factor);
     let (r, w) = (config.read_quorum.into(), config.write_quorum.into());
     src.at_most(("read_quorum", r), ("replication_factor", n))?;

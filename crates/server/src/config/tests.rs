@@ -250,7 +250,7 @@ fn seeds_come_from_lists_or_comma_separated_text() {
 fn to_toml_round_trips() {
     let flags = "--node-id=18446744073709551615 --http-addr=[::1]:1 --resp-addr=0.0.0.0:2 \
         --peer-addr=10.1.2.3:3 --seeds=a:1,[::1]:2 --replication-factor=5 --read-quorum=4 \
-        --write-quorum=1 --vnodes=16 --conflict-policy=lww --durability=buffered \
+        --write-quorum=1 --quorum-preset=strong --vnodes=16 --conflict-policy=lww --durability=buffered \
         --gossip-interval-ms=10 --suspicion-threshold-ms=20 --down-threshold-ms=30 \
         --permanent-failure-threshold-ms=40 --hint-ttl-ms=50 --max-hints-bytes=6KB \
         --streaming-bytes-per-sec=7MiB --anti-entropy-interval-ms=80 --request-timeout-ms=90 \
@@ -280,4 +280,21 @@ fn to_toml_round_trips() {
         let text = original.to_toml();
         assert_eq!(load_with(&[], &[], &text).unwrap(), original, "{text}");
     }
+}
+
+#[test]
+fn quorum_preset_sets_defaults_that_explicit_quorums_override() {
+    let config = load_with(&["--quorum-preset", "strong"], &[], "").unwrap();
+    assert_eq!((config.read_quorum, config.write_quorum), (3, 3));
+    let config = load_with(&["--quorum-preset", "fast_reads"], &[], "").unwrap();
+    assert_eq!((config.read_quorum, config.write_quorum), (1, 2));
+    let config = load_with(&["--read-quorum", "2"], &[], "quorum_preset = \"eventual\"").unwrap();
+    assert_eq!((config.read_quorum, config.write_quorum), (2, 1));
+    let error = load_with(&["--quorum-preset", "sturdy"], &[], "").unwrap_err().to_string();
+    assert!(error.contains("quorum_preset"), "{error}");
+    // A strong preset needs N >= 3.
+    let error = load_with(&["--quorum-preset", "strong", "--replication-factor", "2"], &[], "")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("read_quorum"), "{error}");
 }
