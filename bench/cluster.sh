@@ -41,6 +41,18 @@ readonly ringkv="target/release/ringkv"
 urls="http://127.0.0.1:${http_port},http://127.0.0.1:$((http_port + 1)),http://127.0.0.1:$((http_port + 2))"
 
 log() { echo "== $*" >&2; }
+# A command as a shell would need it typed: `--save ''` stays visible.
+quoted() {
+    local arg words=()
+    for arg in "$@"; do
+        if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+            words+=("$arg")
+        else
+            words+=("'${arg//\'/\'\\\'\'}'")
+        fi
+    done
+    echo "${words[*]}"
+}
 die() { echo "error: $*" >&2; exit 1; }
 
 # --- stop what we started, by PID ----------------------------------------------------
@@ -113,13 +125,14 @@ for port in "$http_port" $((http_port + 1)) $((http_port + 2)) "$resp_port" \
     port_open "$port" && die "port $port on 127.0.0.1 is in use; stop what uses it first"
 done
 
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf "$work"
 mkdir -p "$work/ringkv" "$work/redis"
 
 # --- ringkv ------------------------------------------------------------------------
 dev_command=("$ringkv" dev --nodes 3 --data-dir "$work/ringkv" --http-port "$http_port"
     --resp-port "$resp_port" --peer-port "$peer_port")
-log "starting: ${dev_command[*]}"
+log "starting: $(quoted "${dev_command[@]}")"
 "${dev_command[@]}" >"$work/dev.log" 2>&1 &
 dev_pid=$!
 
@@ -139,9 +152,9 @@ bench_common=(--url "$urls" --concurrency "$concurrency" --ops "$ops"
 write_command=("$ringkv" bench --workload write "${bench_common[@]}")
 read_command=("$ringkv" bench --workload read "${bench_common[@]}")
 
-log "running: ${write_command[*]}"
+log "running: $(quoted "${write_command[@]}")"
 write_json="$(timeout "$run_timeout_s" "${write_command[@]}")"
-log "running: ${read_command[*]}"
+log "running: $(quoted "${read_command[@]}")"
 read_json="$(timeout "$run_timeout_s" "${read_command[@]}")"
 cluster_status="$(curl -fsS --max-time 5 "http://127.0.0.1:${http_port}/v1/cluster/status" 2>&1 \
     || true)"
@@ -151,7 +164,7 @@ stop_dev
 # --- redis -------------------------------------------------------------------------
 redis_command=(redis-server --port "$redis_port" --bind 127.0.0.1 --appendonly yes
     --appendfsync always --dir "$work/redis" --save '')
-log "starting: ${redis_command[*]}"
+log "starting: $(quoted "${redis_command[@]}")"
 "${redis_command[@]}" >"$work/redis.log" 2>&1 &
 redis_pid=$!
 for ((waited = 0; ; waited++)); do
@@ -163,7 +176,7 @@ done
 
 redis_bench_command=(redis-benchmark -h 127.0.0.1 -p "$redis_port" -c "$concurrency" -n "$ops"
     -d "$value_size" -t set,get --csv)
-log "running: ${redis_bench_command[*]}"
+log "running: $(quoted "${redis_bench_command[@]}")"
 redis_csv="$(timeout "$run_timeout_s" "${redis_bench_command[@]}")"
 redis_version="$(redis-server --version)"
 stop_pid "$redis_pid" "redis-server"
@@ -245,7 +258,7 @@ fi
     echo "- commit: ${commit}"
     echo "- uname: \`$(uname -a)\`"
     echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') ×$(nproc)"
-    echo "- load average (1/5/15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- load average (1/5/15 min) before: ${load_before}; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- ${redis_version}"
     echo "- the load generators run on the same machine as the servers and share its CPUs"
     echo "- data on the repo's disk: \`$(df -hT "$work" | tail -n 1)\`"
@@ -254,11 +267,11 @@ fi
     echo
     echo '```'
     echo "bench/cluster.sh --ops ${ops} --keys ${keys}"
-    echo "${dev_command[*]}"
-    echo "${write_command[*]}"
-    echo "${read_command[*]}"
-    echo "${redis_command[*]}"
-    echo "${redis_bench_command[*]}"
+    echo "$(quoted "${dev_command[@]}")"
+    echo "$(quoted "${write_command[@]}")"
+    echo "$(quoted "${read_command[@]}")"
+    echo "$(quoted "${redis_command[@]}")"
+    echo "$(quoted "${redis_bench_command[@]}")"
     echo '```'
     echo
     echo "## result"

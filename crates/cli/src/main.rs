@@ -33,6 +33,8 @@ enum Command {
     Delete(kv::DeleteArgs),
     /// Show the cluster's nodes and their status.
     Status(kv::UrlArgs),
+    /// Show the ring: each node's vnodes and share of the data.
+    Ring(kv::UrlArgs),
     /// Load nodes over HTTP and report ops/s and latency percentiles.
     Bench(bench::BenchArgs),
 }
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Get(args) => kv::get(args),
         Command::Delete(args) => kv::delete(args),
         Command::Status(args) => kv::status(args),
+        Command::Ring(args) => kv::ring(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -18,6 +18,7 @@ const MAX_CONCURRENCY: usize = 4096;
 const MAX_VALUE_BYTES: usize = 16 << 20;
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 const MAX_TIMEOUT_MS: u64 = 600_000;
+const MAX_THREADS: usize = 256;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -59,6 +60,9 @@ pub struct BenchArgs {
     /// Per-request timeout in milliseconds; a request past it counts as a timeout error.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Runtime threads driving the clients; 1 uses the least CPU per request.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 /// How long the measured phase runs.
@@ -84,6 +88,7 @@ pub struct Plan {
     pub warmup_ops: u64,
     pub seed: u64,
     pub timeout: Duration,
+    pub threads: usize,
 }
 
 fn parse_base_url(raw: &str) -> anyhow::Result<String> {
@@ -159,6 +164,9 @@ impl Plan {
                 args.timeout_ms
             );
         }
+        if !(1..=MAX_THREADS).contains(&args.threads) {
+            bail!("--threads must be 1..={MAX_THREADS}, got {}", args.threads);
+        }
         Ok(Plan {
             urls,
             bound,
@@ -172,6 +180,7 @@ impl Plan {
             warmup_ops: args.warmup_ops,
             seed: args.seed,
             timeout: Duration::from_millis(args.timeout_ms),
+            threads: args.threads,
         })
     }
 
@@ -253,6 +262,7 @@ mod tests {
         assert_eq!(plan.keys, 100_000);
         assert_eq!(plan.workload, Workload::Write);
         assert_eq!((plan.r, plan.w, plan.warmup_ops), (None, None, 0));
+        assert_eq!(plan.threads, 1);
         assert!(!plan.json);
     }
 
@@ -300,6 +310,7 @@ mod tests {
             (&["--r", "0"], "--r must be at least 1"),
             (&["--w", "0"], "--w must be at least 1"),
             (&["--timeout-ms", "0"], "--timeout-ms must be 1..="),
+            (&["--threads", "0"], "--threads must be 1..=256"),
         ] {
             let mut full = vec!["--url", "http://127.0.0.1:8080"];
             full.extend_from_slice(args);
