@@ -124,11 +124,15 @@ fn wait_until_serving(http: &str, children: &mut [(u16, Child)]) -> anyhow::Resu
 /// One `GET /health` over a plain socket (no HTTP client needed for one line).
 fn health_ok(addr: std::net::SocketAddr) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+    else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: ringkv\r\n\r\n").is_err() {
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: ringkv\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];

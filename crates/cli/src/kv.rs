@@ -173,9 +173,15 @@ pub fn status(args: UrlArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "N={} R={} W={} (asked node {})",
-        answer["replication_factor"], answer["read_quorum"], answer["write_quorum"], answer["node_id"]
+        answer["replication_factor"],
+        answer["read_quorum"],
+        answer["write_quorum"],
+        answer["node_id"]
     );
-    let nodes = answer["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let nodes = answer["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     println!(
         "{:<20} {:<12} {:<22} {:<22} {:>6} {:>9} {:>6}",
         "node", "status", "http", "peer", "vnodes", "owns", "hints"
@@ -201,7 +207,10 @@ pub fn ring(args: UrlArgs) -> anyhow::Result<ExitCode> {
     if status != 200 {
         return fail(status, &answer);
     }
-    let nodes = answer["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let nodes = answer["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     println!("{:<20} {:>6} {:>9}  first tokens", "node", "vnodes", "owns");
     for node in nodes {
         let tokens: Vec<&str> = node["tokens"]

@@ -170,7 +170,13 @@ impl Node {
                 .expect("hlc lock is never poisoned")
                 .observe(max);
         }
-        self.engine.merge(key, record)?;
+        // Nothing is written when the record adds nothing (the coordinator's own
+        // replica after its `Update`); the barrier still covers earlier writes.
+        self.engine.apply(key, &mut |stored| {
+            let mut merged = stored.clone().unwrap_or_default();
+            merged.sync(record);
+            (stored.as_ref() != Some(&merged)).then_some(merged)
+        })?;
         Ok(self.engine.sync())
     }
 }

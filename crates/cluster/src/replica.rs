@@ -1,7 +1,8 @@
 //! The replica side of the peer protocol: what a node does with `Update`,
 //! `Replicate` and `Read` from a coordinator (possibly itself). Synchronous and
 //! blocking (storage): the transport runs it off the async runtime and waits for the
-//! returned durability barrier before it answers.
+//! returned durability barrier before it answers. `Update` alone answers before it
+//! is durable (see `Coordinator::write`).
 
 use std::time::Duration;
 
@@ -95,13 +96,16 @@ impl Node {
                     Ok(write) => write,
                     Err(error) => return ReplicaReply::error(error),
                 };
+                // Answered before it is durable: the coordinator makes it durable (and
+                // counts it) with the `Replicate` it sends to every replica, this one
+                // included, so the fsync here overlaps the other replicas' fsyncs.
                 match self.write(write) {
                     Ok(written) => ReplicaReply {
                         response: PeerResponse::Updated {
                             record: Bytes::from(written.record.encode()),
                             version: Bytes::from(written.version.to_bytes()),
                         },
-                        durable: Some(written.durable),
+                        durable: None,
                     },
                     Err(error) => ReplicaReply::error(error.into()),
                 }

@@ -1,8 +1,12 @@
 //! Who this node is, kept in the data directory: the node id (configured or made up
 //! on first start) and the actor id that stamps this incarnation's writes.
 //!
-//! The actor id is new whenever the data directory is new: a node that lost its disk
-//! must not reissue dots it issued before (see `ringkv_core::ActorId`).
+//! The actor id is new whenever the data directory is new, and after every start that
+//! did not follow a clean stop: a write's dot can reach other replicas before the
+//! coordinator's own copy is durable (the coordinator fsyncs in parallel with them),
+//! so after a crash the node may have lost dots that others hold, and must not issue
+//! those counters again under the same actor (see `ringkv_core::ActorId`). A clean
+//! stop syncs everything first, so the actor can continue.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -12,6 +16,7 @@ use ringkv_storage::{Engine, StorageError};
 const NODE_ID: &str = "node_id";
 const ACTOR_ID: &str = "actor_id";
 const GENERATION: &str = "generation";
+const CLEAN_STOP: &str = "clean_stop";
 const TOKENS: &str = "tokens";
 
 #[derive(Debug, Clone, Copy)]
@@ -85,14 +90,17 @@ pub fn load(engine: &dyn Engine, configured: Option<u64>) -> Result<Identity, Id
             id
         }
     };
+    let clean = engine.meta_get(CLEAN_STOP)?.as_deref() == Some(&[1]);
     let actor = match stored_u64(engine, ACTOR_ID)? {
-        Some(actor) => actor,
-        None => {
+        Some(actor) if clean => actor,
+        _ => {
             let actor = random_u64();
             engine.meta_put(ACTOR_ID, &actor.to_be_bytes())?;
             actor
         }
     };
+    // Until the next clean stop, this run's dots may escape before they are durable.
+    engine.meta_put(CLEAN_STOP, &[0])?;
     Ok(Identity {
         node_id,
         actor: ActorId(actor),
@@ -148,4 +156,63 @@ pub fn store_tokens(engine: &dyn Engine, tokens: &[Token]) -> Result<(), Identit
         .collect();
     engine.meta_put(TOKENS, &raw)?;
     Ok(())
+}
+
+/// Records that this run stopped cleanly: every write it applied is durable, so the
+/// next start may keep the actor id. Call only after the final sync succeeded.
+///
+/// # Errors
+/// Storage errors.
+pub fn mark_clean_stop(engine: &dyn Engine) -> Result<(), IdentityError> {
+    engine.meta_put(CLEAN_STOP, &[1])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_storage::MemoryEngine;
+
+    #[test]
+    fn actor_changes_after_a_crash_but_not_after_a_clean_stop() {
+        let engine = MemoryEngine::new();
+        let first = load(&engine, Some(7)).unwrap();
+        // No clean stop recorded: a crash. Dots of the last run may have escaped.
+        let after_crash = load(&engine, Some(7)).unwrap();
+        assert_ne!(first.actor, after_crash.actor);
+        mark_clean_stop(&engine).unwrap();
+        let after_clean_stop = load(&engine, None).unwrap();
+        assert_eq!(after_clean_stop.actor, after_crash.actor);
+        assert_eq!(after_clean_stop.node_id, 7);
+    }
+
+    #[test]
+    fn node_id_is_checked_against_the_data_directory() {
+        let engine = MemoryEngine::new();
+        load(&engine, Some(1)).unwrap();
+        assert!(matches!(
+            load(&engine, Some(2)),
+            Err(IdentityError::NodeIdMismatch {
+                stored: 1,
+                configured: 2
+            })
+        ));
+        assert!(matches!(
+            load(&MemoryEngine::new(), Some(u64::MAX)),
+            Err(IdentityError::NodeIdTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn generations_grow_and_tokens_round_trip() {
+        let engine = MemoryEngine::new();
+        assert_eq!(next_generation(&engine).unwrap(), 1);
+        assert_eq!(next_generation(&engine).unwrap(), 2);
+        assert_eq!(stored_tokens(&engine).unwrap(), None);
+        let tokens = vec![Token(1), Token(u128::MAX)];
+        store_tokens(&engine, &tokens).unwrap();
+        assert_eq!(stored_tokens(&engine).unwrap(), Some(tokens));
+        engine.meta_put(TOKENS, &[1, 2, 3]).unwrap();
+        assert!(stored_tokens(&engine).is_err());
+    }
 }

@@ -353,8 +353,19 @@ impl Server {
             tasks.abort_all();
         }
         self.transport.shutdown();
-        if let Err(error) = self.engine.sync().await {
-            tracing::error!("final sync failed: {error}");
+        match self.engine.sync().await {
+            Ok(()) => {
+                let engine = self.engine.clone();
+                let marked =
+                    tokio::task::spawn_blocking(move || identity::mark_clean_stop(engine.as_ref()))
+                        .await;
+                if !matches!(marked, Ok(Ok(()))) {
+                    tracing::warn!(
+                        "could not record the clean stop; the next start takes a new actor id"
+                    );
+                }
+            }
+            Err(error) => tracing::error!("final sync failed: {error}"),
         }
         let engine = self.engine;
         let _ = tokio::task::spawn_blocking(move || engine.close()).await;

@@ -290,11 +290,17 @@ fn quorum_preset_sets_defaults_that_explicit_quorums_override() {
     assert_eq!((config.read_quorum, config.write_quorum), (1, 2));
     let config = load_with(&["--read-quorum", "2"], &[], "quorum_preset = \"eventual\"").unwrap();
     assert_eq!((config.read_quorum, config.write_quorum), (2, 1));
-    let error = load_with(&["--quorum-preset", "sturdy"], &[], "").unwrap_err().to_string();
-    assert!(error.contains("quorum_preset"), "{error}");
-    // A strong preset needs N >= 3.
-    let error = load_with(&["--quorum-preset", "strong", "--replication-factor", "2"], &[], "")
+    let error = load_with(&["--quorum-preset", "sturdy"], &[], "")
         .unwrap_err()
         .to_string();
+    assert!(error.contains("quorum_preset"), "{error}");
+    // A strong preset needs N >= 3.
+    let error = load_with(
+        &["--quorum-preset", "strong", "--replication-factor", "2"],
+        &[],
+        "",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("read_quorum"), "{error}");
 }
