@@ -124,6 +124,16 @@ async fn a_replica_that_missed_a_write_is_repaired_by_a_read() {
         .unwrap();
     let node2 = cluster.nodes[2].node_id;
     assert!(!holds(&debug, node2), "node 2 missed the write: {debug}");
+    // Peers retry a node they failed to reach after a backoff (at most 1 s): wait
+    // until node 1 reaches all three again, probing another key.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.get(1, "probe?r=3").await.0 != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 does not reach node 2 again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, body) = cluster.get(1, "k?r=3").await;
     assert_eq!((status, body["value"].as_str()), (200, Some("v")));
     let deadline = Instant::now() + Duration::from_secs(5);

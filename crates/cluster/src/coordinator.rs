@@ -4,9 +4,10 @@
 //! Writes: a node that is not one of the key's replicas forwards the write one hop
 //! to a replica (`Coordinate`). The coordinator applies the write as a new version on
 //! one replica (itself first; `Update`, answered before it is durable), then sends
-//! the resulting record to every replica, that one included (`Replicate`, answered
-//! once durable), and answers once W replicas hold it durably. So a write waits for
-//! one round of fsyncs, in parallel on all replicas, not two in a row. The calls
+//! the resulting record to the other replicas (`Replicate`, answered once durable)
+//! and a `Sync` to the updated one, and answers once W replicas hold it durably. So
+//! a write waits for one round of fsyncs, in parallel on all replicas, not two in a
+//! row. The calls
 //! still running are not cancelled: they reach their replicas anyway.
 //!
 //! Reads: any node coordinates. It asks all N replicas, answers with the merge of the
@@ -202,7 +203,7 @@ impl Coordinator {
             };
             match self.transport.call(&peer, request, timeout).await {
                 Ok(PeerResponse::Updated { record, version }) => {
-                    applied = Some((record, version));
+                    applied = Some((peer.id, record, version));
                     break;
                 }
                 Ok(PeerResponse::Error(error)) => return Err(error.into()),
@@ -211,21 +212,25 @@ impl Coordinator {
                 Err(_) => return Err(unavailable(0)),
             }
         }
-        let Some((record, version)) = applied else {
+        let Some((updated_on, record, version)) = applied else {
             return Err(unavailable(0));
         };
         let version = decode_version(&version)?;
 
-        // Replicate the new record to every replica (the updated one makes its write
-        // durable this way); answer after `required` durable acks.
+        // The updated replica makes its write durable; the others merge the record.
+        // Answer after `required` durable acks.
         let key = write.key.to_bytes();
         let calls: Vec<(NodeId, BoxFuture<bool>)> = self
             .peers(&replicas)
             .into_iter()
             .map(|peer| {
-                let request = PeerRequest::Replicate {
-                    key: key.clone(),
-                    record: record.clone(),
+                let request = if peer.id == updated_on {
+                    PeerRequest::Sync
+                } else {
+                    PeerRequest::Replicate {
+                        key: key.clone(),
+                        record: record.clone(),
+                    }
                 };
                 let call = self.transport.call(&peer, request, timeout);
                 let acked: BoxFuture<bool> =

@@ -158,6 +158,12 @@ impl Node {
         })
     }
 
+    /// A durability barrier over every write applied so far. Does not block (unless
+    /// the storage's bounded sync queue is full), so async code may call it.
+    pub fn sync(&self) -> SyncWait {
+        self.engine.sync()
+    }
+
     /// Merges a record from another replica (replication, read repair) into this one.
     /// Returns the durability barrier to wait on before acknowledging.
     ///

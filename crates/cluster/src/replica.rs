@@ -2,7 +2,7 @@
 //! `Replicate` and `Read` from a coordinator (possibly itself). Synchronous and
 //! blocking (storage): the transport runs it off the async runtime and waits for the
 //! returned durability barrier before it answers. `Update` alone answers before it
-//! is durable (see `Coordinator::write`).
+//! is durable (see `Coordinator::write`); `Sync` makes it so.
 
 use std::time::Duration;
 
@@ -96,9 +96,9 @@ impl Node {
                     Ok(write) => write,
                     Err(error) => return ReplicaReply::error(error),
                 };
-                // Answered before it is durable: the coordinator makes it durable (and
-                // counts it) with the `Replicate` it sends to every replica, this one
-                // included, so the fsync here overlaps the other replicas' fsyncs.
+                // Answered before it is durable: the coordinator counts this replica
+                // once a `Sync` it sends here resolves, so this fsync overlaps the
+                // other replicas' fsyncs.
                 match self.write(write) {
                     Ok(written) => ReplicaReply {
                         response: PeerResponse::Updated {
@@ -129,6 +129,10 @@ impl Node {
                     Err(error) => ReplicaReply::error(error.into()),
                 }
             }
+            PeerRequest::Sync => ReplicaReply {
+                response: PeerResponse::Ack,
+                durable: Some(self.sync()),
+            },
             PeerRequest::Read { key } => {
                 let key = match Key::from_stored(key) {
                     Ok(key) => key,

@@ -35,6 +35,9 @@ pub enum PeerRequest {
     Update { write: WireWrite },
     /// Merge this record into the receiver's replica; answered with `Ack` once durable.
     Replicate { key: Bytes, record: Bytes },
+    /// Answered with `Ack` once everything the receiver applied before it is durable
+    /// (the coordinator's own replica after an `Update`).
+    Sync,
     /// The receiver's record of a key, read locally without repair.
     Read { key: Bytes },
     /// Membership: "here is what I know"; answered with what the receiver knows.

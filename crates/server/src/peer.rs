@@ -25,6 +25,8 @@ impl Spawn for TokioSpawn {
 /// Dispatches peer requests to the replica, the coordinator and the membership table.
 pub struct PeerService {
     pub node: Arc<Node>,
+    /// Where replica work (blocking storage calls) runs.
+    pub storage: Arc<crate::blocking::BlockingPool>,
     pub membership: Arc<Membership>,
     /// Set once the coordinator exists (it needs the transport, which needs this).
     pub coordinator: OnceLock<Arc<Coordinator>>,
@@ -55,18 +57,25 @@ impl PeerHandler for PeerService {
                     }
                 })
             }
+            // A barrier only: no storage call, so no blocking thread.
+            PeerRequest::Sync => {
+                let durable = self.node.sync();
+                Box::pin(async move {
+                    match durable.await {
+                        Ok(()) => PeerResponse::Ack,
+                        Err(error) => internal(format!("sync failed: {error}")),
+                    }
+                })
+            }
             request @ (PeerRequest::Update { .. }
             | PeerRequest::Replicate { .. }
             | PeerRequest::Read { .. }) => {
-                let node = self.node.clone();
+                let (node, storage) = (self.node.clone(), self.storage.clone());
                 Box::pin(async move {
-                    let reply =
-                        match tokio::task::spawn_blocking(move || node.handle_replica(request))
-                            .await
-                        {
-                            Ok(reply) => reply,
-                            Err(error) => return internal(format!("replica task failed: {error}")),
-                        };
+                    let Some(reply) = storage.run(move || node.handle_replica(request)).await
+                    else {
+                        return internal("replica task failed");
+                    };
                     if let Some(durable) = reply.durable
                         && let Err(error) = durable.await
                     {

@@ -85,7 +85,7 @@ pub struct RpcOptions {
     pub handshake_timeout: Duration,
     /// Dialer: wait after a first failed connect; doubles per failure [50 ms] ...
     pub reconnect_backoff_min: Duration,
-    /// ... up to this [5 s]. While it runs, calls to the peer fail at once.
+    /// ... up to this [1 s]. While it runs, calls to the peer fail at once.
     pub reconnect_backoff_max: Duration,
     /// Listener: on shutdown, how long in-flight requests may still finish and be
     /// answered before their connection is closed [2 s].
@@ -105,7 +105,7 @@ impl Default for RpcOptions {
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(50),
-            reconnect_backoff_max: Duration::from_secs(5),
+            reconnect_backoff_max: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
         }
     }
