@@ -190,6 +190,7 @@ async fn unreachable_peer_fails_fast_during_backoff() {
         let transport = dialer(RpcOptions {
             handshake_timeout,
             reconnect_backoff_min: LONG,
+            reconnect_backoff_max: LONG,
             ..RpcOptions::default()
         });
         let first = transport.call(&peer, read("k"), LONG).await;
