@@ -4,8 +4,6 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ringkv_cluster::NodeError;
-use ringkv_storage::StorageError;
 
 /// An answer that is not a success.
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +57,6 @@ impl ApiError {
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::InvalidRequest(message.into())
-    }
-}
-
-impl From<NodeError> for ApiError {
-    fn from(error: NodeError) -> ApiError {
-        match error {
-            NodeError::Storage(StorageError::Corrupt { key, reason }) => {
-                ApiError::Corrupt(format!("key \"{key}\": {reason}"))
-            }
-            NodeError::TtlOverflow { .. } => ApiError::InvalidRequest(error.to_string()),
-            NodeError::Storage(other) => ApiError::Internal(format!("storage error: {other}")),
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Tests of configuration loading: precedence, errors naming keys, round trips.
 
+use super::kinds::parse_size;
 use super::*;
 use clap::Parser as _;
 
