@@ -1,0 +1,119 @@
+//! `SimDisk`: a `MemoryEngine` whose `sync` takes virtual time, like the group-commit
+//! syncer of the real engine. `MemoryEngine::sync` makes writes durable the moment
+//! it is called, so a crash could never lose an applied write and a replica that
+//! answers before its fsync would go unnoticed. Here a `sync` queues one flush a few
+//! virtual ms later (shared by every sync until then); writes become durable only
+//! when it runs, and a crash before it loses them.
+//!
+//! `SyncWait` has no public pending constructor, so the returned barrier is already
+//! resolved; the receiving side (`net::dispatch`) instead waits until `durable_at`
+//! before it answers, which is what awaiting a real barrier amounts to.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use ringkv_core::{Key, Record, TokenRange};
+use ringkv_storage::{Engine, MemoryEngine, StorageError, SyncWait};
+
+use crate::exec::lock;
+use crate::sim::{Event, Sim};
+
+struct Pending {
+    /// Bumped by every crash: a flush queued before it does nothing.
+    epoch: u64,
+    /// When the queued flush runs, if one is queued.
+    flush_at: Option<u64>,
+}
+
+/// One node's disk; it outlives the node's incarnations.
+pub struct SimDisk {
+    memory: Arc<MemoryEngine>,
+    pending: Arc<Mutex<Pending>>,
+    sim: Weak<Sim>,
+}
+
+impl SimDisk {
+    pub fn new(sim: &Arc<Sim>) -> SimDisk {
+        SimDisk {
+            memory: Arc::new(MemoryEngine::new()),
+            pending: Arc::new(Mutex::new(Pending {
+                epoch: 0,
+                flush_at: None,
+            })),
+            sim: Arc::downgrade(sim),
+        }
+    }
+
+    /// Cuts the power: unflushed writes are lost, the queued flush never runs.
+    pub fn crash(&self) {
+        self.memory.crash();
+        let mut pending = lock(&self.pending);
+        pending.epoch += 1;
+        pending.flush_at = None;
+    }
+
+    /// When every write applied so far is durable (now, if nothing is queued).
+    pub fn durable_at(&self) -> u64 {
+        let now = self.sim.upgrade().map_or(0, |sim| sim.now());
+        lock(&self.pending).flush_at.unwrap_or(now)
+    }
+}
+
+impl Engine for SimDisk {
+    fn get(&self, key: &Key) -> Result<Option<Record>, StorageError> {
+        self.memory.get(key)
+    }
+
+    fn apply(
+        &self,
+        key: &Key,
+        change: &mut dyn FnMut(Option<Record>) -> Option<Record>,
+    ) -> Result<Option<Record>, StorageError> {
+        self.memory.apply(key, change)
+    }
+
+    fn scan(
+        &self,
+        range: TokenRange,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<(Key, Record)>, StorageError> {
+        self.memory.scan(range, after, limit)
+    }
+
+    fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        self.memory.delete(key)
+    }
+
+    fn sync(&self) -> SyncWait {
+        let Some(sim) = self.sim.upgrade() else {
+            return SyncWait::ready(Err(StorageError::Closed));
+        };
+        let mut pending = lock(&self.pending);
+        if pending.flush_at.is_none() {
+            let mut core = lock(&sim.core);
+            let at = core.now + core.rng.range(2, 15);
+            pending.flush_at = Some(at);
+            let (memory, queue, epoch) = (self.memory.clone(), self.pending.clone(), pending.epoch);
+            core.schedule(
+                at,
+                Event::Run(Box::new(move || {
+                    let mut pending = lock(&queue);
+                    if pending.epoch == epoch {
+                        pending.flush_at = None;
+                        // The memory engine's own barrier is immediate.
+                        let _ = memory.sync().wait();
+                    }
+                })),
+            );
+        }
+        SyncWait::ready(Ok(()))
+    }
+
+    fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.memory.meta_get(name)
+    }
+
+    fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.memory.meta_put(name, value)
+    }
+}

@@ -1,0 +1,284 @@
+//! Deterministic simulation of whole ringkv clusters (DESIGN.md §8, issue 5).
+//!
+//! Why: distributed bugs hide in interleavings that process tests rarely hit. Here
+//! whole clusters run in one thread on virtual time, driving the very `cluster` code
+//! production runs through its `Transport`, `Spawn`, `Clock` and `Engine` seams, with
+//! faults (lost and delayed messages, crashes that lose unsynced writes, restarts
+//! under a new actor, partitions, skewed clocks) all decided by one seeded RNG. One
+//! `u64` seed is one run, byte for byte: `RINGKV_SIM_SEED=<seed>` replays it.
+//!
+//! * `rng`: SplitMix64, the only randomness.
+//! * `exec`: task owners, wakers, a one-shot channel (our executor's parts).
+//! * `sim`: virtual time, the event queue, the network state, the trace.
+//! * `disk`: a memory engine whose fsync takes virtual time.
+//! * `net`: the simulated `Transport`/`Spawn` and the peer-request dispatch.
+//! * `world`: nodes over memory engines, the run loop, crash/restart/partition.
+//! * `workload`: clients and the nemesis; the history.
+//! * `check`: the invariants checked after heal and quiesce.
+
+pub mod check;
+pub mod disk;
+pub mod exec;
+pub mod net;
+pub mod rng;
+pub mod sim;
+pub mod workload;
+pub mod world;
+
+use std::sync::{Arc, Mutex};
+
+use ringkv_core::{Key, Limits, Record};
+use ringkv_storage::Engine;
+
+use crate::exec::{Owner, lock};
+pub use crate::sim::Canary;
+use crate::sim::{Event, Fault};
+use crate::workload::{Entry, History, Outcome, Workload};
+use crate::world::{World, WorldConfig};
+
+/// Everything that shapes a run besides the seed's randomness.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    pub nodes: usize,
+    pub keys: usize,
+    pub workload: Workload,
+    /// Message loss between distinct nodes, in ‰.
+    pub drop_per_mille: u32,
+    /// Messages that take 50–400 ms (past the request timeout), in ‰.
+    pub slow_per_mille: u32,
+    pub max_skew_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Keep the trace as text (replays), not only its hash.
+    pub keep_trace: bool,
+    /// Chance (‰) that a node crashes right after it acks (when `crashes`).
+    pub crash_after_ack_per_mille: u32,
+    /// Chance (‰) that a coordinator crashes right after acking a client write.
+    pub crash_coordinator_per_mille: u32,
+    /// A planted bug (tests of the checkers); `Canary::None` in campaigns.
+    pub canary: Canary,
+}
+
+impl Config {
+    /// A run with every fault this first cut knows.
+    pub fn faulty(seed: u64, nodes: usize) -> Config {
+        Config {
+            seed,
+            nodes,
+            keys: 5,
+            workload: Workload {
+                clients: 4,
+                ops_per_client: 40,
+                replication_factor: 3,
+                crashes: true,
+                partitions: true,
+                max_down: 2,
+            },
+            drop_per_mille: 50,
+            slow_per_mille: 20,
+            max_skew_ms: 200,
+            request_timeout_ms: 100,
+            keep_trace: false,
+            crash_after_ack_per_mille: 5,
+            crash_coordinator_per_mille: 20,
+            canary: Canary::None,
+        }
+    }
+
+    /// The same run without faults: nothing may fail.
+    pub fn calm(seed: u64, nodes: usize) -> Config {
+        let mut config = Config::faulty(seed, nodes);
+        config.workload.crashes = false;
+        config.workload.partitions = false;
+        config.drop_per_mille = 0;
+        config.slow_per_mille = 0;
+        config
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    /// Hash of the trace and the final state of every engine: equal for replays.
+    pub fingerprint: u64,
+    pub violations: Vec<String>,
+    /// The trace as text, when `keep_trace`.
+    pub trace: Vec<String>,
+    pub history: Vec<Entry>,
+    /// Virtual time at the end, ms.
+    pub virtual_ms: u64,
+    pub steps: u64,
+}
+
+impl Report {
+    pub fn acked_writes(&self) -> usize {
+        self.history
+            .iter()
+            .filter(|e| matches!(e.outcome, Outcome::Written(_)))
+            .count()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.history
+            .iter()
+            .filter(|e| matches!(e.outcome, Outcome::Failed(_)))
+            .count()
+    }
+}
+
+/// The cluster size a campaign uses for `seed` when none is given: 3..=7.
+pub fn nodes_for(seed: u64) -> usize {
+    3 + usize::try_from(seed % 5).unwrap_or(0)
+}
+
+/// Longest a run may go on, virtual ms, before it counts as stuck.
+const MAX_VIRTUAL_MS: u64 = 600_000;
+
+/// Runs one seed: workload under faults, heal, quiesce, full read, checkers.
+pub fn run(config: &Config) -> Report {
+    let mut world = World::new(WorldConfig {
+        seed: config.seed,
+        nodes: config.nodes,
+        replication_factor: config.workload.replication_factor,
+        request_timeout_ms: config.request_timeout_ms,
+        max_skew_ms: config.max_skew_ms,
+        keep_trace: config.keep_trace,
+    });
+    let sim = world.sim.clone();
+    {
+        let mut core = lock(&sim.core);
+        core.net.drop_per_mille = config.drop_per_mille;
+        core.net.slow_per_mille = config.slow_per_mille;
+        core.canary = config.canary;
+        if config.workload.crashes {
+            core.crash_after_ack_per_mille = config.crash_after_ack_per_mille;
+            core.crash_coordinator_per_mille = config.crash_coordinator_per_mille;
+            core.max_down = config.workload.max_down;
+        }
+    }
+    let keys: Arc<Vec<Key>> = Arc::new(
+        (0..config.keys)
+            .map(|i| Key::parse(format!("k{i}"), &Limits::default()).expect("short keys are valid"))
+            .collect(),
+    );
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let mut violations = Vec::new();
+
+    // Phase 1: clients under faults.
+    for id in 0..config.workload.clients {
+        let task = workload::client(
+            sim.clone(),
+            id,
+            keys.clone(),
+            history.clone(),
+            config.workload.clone(),
+        );
+        sim.spawn(Owner::Client, Box::pin(task));
+    }
+    // The nemesis stops around when the clients would be done without faults.
+    let until = 30 * config.workload.ops_per_client as u64;
+    sim.spawn(
+        Owner::World,
+        Box::pin(workload::nemesis(
+            sim.clone(),
+            until,
+            config.workload.clone(),
+        )),
+    );
+    if !world.run_until(MAX_VIRTUAL_MS) {
+        violations.push("the workload did not finish".to_string());
+    }
+
+    // Phase 2: heal, restart everyone, read every key with r = N, let repair finish.
+    sim.log("HEAL");
+    {
+        let mut core = lock(&sim.core);
+        core.net.drop_per_mille = 0;
+        core.net.slow_per_mille = 0;
+        core.crash_after_ack_per_mille = 0;
+        core.crash_coordinator_per_mille = 0;
+    }
+    world.apply(Fault::Heal);
+    for index in 0..config.nodes {
+        world.apply(Fault::Restart(index));
+    }
+    let reads: Arc<Mutex<Vec<String>>> = Arc::default();
+    if let Some(reader) = sim.node(0) {
+        let (keys, reads, n) = (
+            keys.clone(),
+            reads.clone(),
+            config.workload.replication_factor,
+        );
+        sim.spawn(
+            Owner::World,
+            Box::pin(async move {
+                for (index, key) in keys.iter().enumerate() {
+                    if let Err(error) = reader.coordinator.read(key, n).await {
+                        lock(&reads).push(format!("k{index}: final read failed: {error}"));
+                    }
+                }
+            }),
+        );
+    }
+    let now = sim.now();
+    sim.schedule(now, Event::Fault(Fault::Heal));
+    if !world.run_until(MAX_VIRTUAL_MS) {
+        violations.push("the cluster did not quiesce after heal".to_string());
+    }
+    violations.extend(lock(&reads).drain(..));
+
+    // Phase 3: check.
+    let replicas: Vec<_> = match sim.node(0) {
+        Some(node) => keys.iter().map(|k| node.coordinator.replicas(k)).collect(),
+        None => vec![Vec::new(); keys.len()],
+    };
+    violations.extend(check::convergence(&world, &keys, &replicas));
+    let merged: Vec<Option<Record>> = keys
+        .iter()
+        .map(|key| {
+            check::stored(&world, key)
+                .into_iter()
+                .filter_map(|r| r.ok().flatten())
+                .fold(None, |acc: Option<Record>, record| {
+                    let mut acc = acc.unwrap_or_default();
+                    acc.sync(&record);
+                    Some(acc)
+                })
+        })
+        .collect();
+    let history = std::mem::take(&mut *lock(&history));
+    violations.extend(check::no_acked_write_lost(&history, &merged));
+    violations.extend(check::dots_are_unique(&history));
+    violations.extend(check::nothing_superseded_returns(&history, &merged));
+    violations.extend(check::no_invented_values(&history, &merged));
+    violations.extend(check::reads_see_acked_writes(
+        &history,
+        config.workload.replication_factor,
+    ));
+
+    let fingerprint = {
+        let mut core = lock(&sim.core);
+        for engine in &world.engines {
+            for key in keys.iter() {
+                if let Ok(Some(record)) = engine.get(key) {
+                    core.trace.absorb(&record.encode());
+                }
+            }
+        }
+        core.trace.fingerprint()
+    };
+    let (trace, virtual_ms) = {
+        let mut core = lock(&sim.core);
+        (core.trace.take_lines(), core.now)
+    };
+    Report {
+        seed: config.seed,
+        fingerprint,
+        violations,
+        trace,
+        history,
+        virtual_ms,
+        steps: world.steps,
+    }
+}

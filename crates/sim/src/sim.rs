@@ -1,0 +1,290 @@
+//! The shared heart of a run: virtual time, the event queue (timers, message
+//! deliveries, faults), the inbox of spawned tasks, the network's state and the
+//! trace. Cluster code reaches it through the `Transport` and `Spawn` impls, which
+//! must be `Send + Sync`, hence the mutexes; only one thread ever takes them.
+//!
+//! Lock discipline: nothing is polled, woken or dropped while `core` is held.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use ringkv_cluster::BoxFuture;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::exec::{Owner, ReadyQueue, lock};
+use crate::net::SimNode;
+use crate::rng::Rng;
+
+/// Work for the world loop at a point of virtual time.
+pub enum Event {
+    Wake(Waker),
+    Run(Box<dyn FnOnce() + Send>),
+    Fault(Fault),
+}
+
+/// What the nemesis does to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Power cut: unsynced writes are lost, in-flight work dies.
+    Crash(usize),
+    /// Start again over the same storage under a new actor id.
+    Restart(usize),
+    /// Cut the nodes in the list off from the others, both ways.
+    Partition(Vec<usize>),
+    /// Remove every partition.
+    Heal,
+    /// Every node crashes at once (a data-centre power cut) and restarts shortly
+    /// after: only what was durable anywhere survives.
+    PowerCut,
+}
+
+/// A known bug planted in the simulated node, so tests can show that the checkers
+/// catch it (checkers that cannot fail are worthless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Canary {
+    #[default]
+    None,
+    /// A replica answers `Sync`/`Replicate` before its disk flush.
+    AckBeforeDurable,
+    /// A replica acks `Replicate` without applying the record.
+    AckWithoutApplying,
+    /// A node restarted after a crash keeps its actor id, so it may issue a dot
+    /// it issued before (what `server::identity` prevents).
+    ReuseActorAfterCrash,
+}
+
+/// The network's knobs and who can talk to whom.
+pub struct Net {
+    pub drop_per_mille: u32,
+    /// Messages between distinct nodes that crawl (50–400 ms, past most timeouts), ‰.
+    pub slow_per_mille: u32,
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Directed (from, to) pairs whose messages are dropped.
+    pub blocked: BTreeSet<(usize, usize)>,
+    pub up: Vec<bool>,
+    /// Bumped on every restart; a message sent to an earlier incarnation is lost.
+    pub incarnation: Vec<u64>,
+}
+
+/// The trace: always hashed (the fingerprint), kept as text only when asked.
+pub struct Trace {
+    hasher: Xxh3,
+    lines: Option<Vec<String>>,
+    pub count: u64,
+}
+
+impl Trace {
+    pub fn new(keep: bool) -> Trace {
+        Trace {
+            hasher: Xxh3::new(),
+            lines: keep.then(Vec::new),
+            count: 0,
+        }
+    }
+
+    pub fn log(&mut self, now: u64, line: &str) {
+        let mut text = String::with_capacity(line.len() + 12);
+        let _ = write!(text, "{now:>7} {line}");
+        self.hasher.update(text.as_bytes());
+        self.hasher.update(b"\n");
+        self.count += 1;
+        if let Some(lines) = &mut self.lines {
+            lines.push(text);
+        }
+    }
+
+    pub fn absorb(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.hasher.digest()
+    }
+
+    pub fn take_lines(&mut self) -> Vec<String> {
+        self.lines.take().unwrap_or_default()
+    }
+}
+
+pub struct Core {
+    pub now: u64,
+    seq: u64,
+    pub rng: Rng,
+    pub events: BTreeMap<(u64, u64), Event>,
+    pub inbox: Vec<(u64, Owner, BoxFuture<()>)>,
+    next_task: u64,
+    pub net: Net,
+    pub trace: Trace,
+    pub canary: Canary,
+    /// Chance (‰) that a node crashes right after it sends an `Ack`.
+    pub crash_after_ack_per_mille: u32,
+    /// Chance (‰) that a coordinator crashes right after it acks a client write.
+    pub crash_coordinator_per_mille: u32,
+    /// Most nodes down at once (for crashes the nemesis decides on the spot).
+    pub max_down: usize,
+}
+
+/// Shared by every node's transport and spawner and by the world loop.
+pub struct Sim {
+    pub core: Mutex<Core>,
+    pub ready: ReadyQueue,
+    /// The running incarnation of each node (`None` while crashed).
+    pub nodes: Mutex<Vec<Option<Arc<SimNode>>>>,
+}
+
+impl Sim {
+    pub fn new(seed: u64, nodes: usize, keep_trace: bool) -> Sim {
+        Sim {
+            core: Mutex::new(Core {
+                now: 0,
+                seq: 0,
+                rng: Rng::new(seed),
+                events: BTreeMap::new(),
+                inbox: Vec::new(),
+                next_task: 0,
+                net: Net {
+                    drop_per_mille: 0,
+                    slow_per_mille: 0,
+                    min_delay_ms: 1,
+                    max_delay_ms: 10,
+                    blocked: BTreeSet::new(),
+                    up: vec![true; nodes],
+                    incarnation: vec![0; nodes],
+                },
+                trace: Trace::new(keep_trace),
+                canary: Canary::None,
+                crash_after_ack_per_mille: 0,
+                crash_coordinator_per_mille: 0,
+                max_down: 0,
+            }),
+            ready: ReadyQueue::default(),
+            nodes: Mutex::new(vec![None; nodes]),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        lock(&self.core).now
+    }
+
+    pub fn log(&self, line: &str) {
+        let mut core = lock(&self.core);
+        let now = core.now;
+        core.trace.log(now, line);
+    }
+
+    /// Draws from the run's RNG.
+    pub fn random<T>(&self, draw: impl FnOnce(&mut Rng) -> T) -> T {
+        draw(&mut lock(&self.core).rng)
+    }
+
+    pub fn schedule(&self, at: u64, event: Event) {
+        lock(&self.core).schedule(at, event);
+    }
+
+    /// Adds a task; it runs once the world loop drains the inbox.
+    pub fn spawn(&self, owner: Owner, task: BoxFuture<()>) {
+        let id = {
+            let mut core = lock(&self.core);
+            let id = core.next_task;
+            core.next_task += 1;
+            core.inbox.push((id, owner, task));
+            id
+        };
+        lock(&self.ready).push_back(id);
+    }
+
+    pub fn node(&self, index: usize) -> Option<Arc<SimNode>> {
+        lock(&self.nodes).get(index).cloned().flatten()
+    }
+
+    /// Resolves once virtual time reaches `at`.
+    pub fn sleep_until(self: &Arc<Self>, at: u64) -> Sleep {
+        Sleep {
+            sim: self.clone(),
+            at,
+            armed: false,
+        }
+    }
+
+    pub fn sleep(self: &Arc<Self>, ms: u64) -> Sleep {
+        let at = self.now() + ms;
+        self.sleep_until(at)
+    }
+}
+
+impl Core {
+    pub fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.events.insert((at.max(self.now), self.seq), event);
+    }
+
+    /// Whether the node that just sent an `Ack` crashes now (draws from the RNG
+    /// only when such crashes are on, so calm runs keep their sequence).
+    pub fn crash_after_ack(&mut self) -> bool {
+        self.crash_now(self.crash_after_ack_per_mille)
+    }
+
+    /// Whether a node crashes now, with chance `per_mille`, if `max_down` allows.
+    pub fn crash_now(&mut self, per_mille: u32) -> bool {
+        if per_mille == 0 {
+            return false;
+        }
+        let down = self.net.up.iter().filter(|up| !**up).count();
+        let pending = self
+            .events
+            .values()
+            .filter(|e| matches!(e, Event::Fault(Fault::Crash(_))))
+            .count();
+        down + pending < self.max_down && self.rng.chance(per_mille)
+    }
+
+    /// When a message sent now from `from` to `to` arrives, or `None` if the
+    /// network loses it.
+    pub fn route(&mut self, from: usize, to: usize) -> Option<u64> {
+        if self.net.blocked.contains(&(from, to)) {
+            return None;
+        }
+        // Calls to self never leave the process.
+        if from != to && self.rng.chance(self.net.drop_per_mille) {
+            return None;
+        }
+        // Calls to self run in-process in production: next to no delay.
+        let delay = if from == to {
+            self.rng.range(0, 1)
+        } else if self.rng.chance(self.net.slow_per_mille) {
+            self.rng.range(50, 400)
+        } else {
+            self.rng.range(self.net.min_delay_ms, self.net.max_delay_ms)
+        };
+        Some(self.now + delay)
+    }
+}
+
+/// A timer on virtual time.
+pub struct Sleep {
+    sim: Arc<Sim>,
+    at: u64,
+    armed: bool,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut core = lock(&self.sim.core);
+        if core.now >= self.at {
+            return Poll::Ready(());
+        }
+        if !self.armed {
+            core.schedule(self.at, Event::Wake(cx.waker().clone()));
+            drop(core);
+            self.armed = true;
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,262 @@
+//! What happens to the cluster during a run: clients doing puts (blind or with the
+//! version they last saw), deletes and gets with random quorums through random
+//! nodes, and the nemesis injecting faults. Every client request goes in the
+//! history with its times and outcome, for the checkers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ringkv_cluster::{Write, WriteBody};
+use ringkv_core::{Context, Key, Record};
+
+use crate::exec::{Owner, lock, oneshot};
+use crate::sim::{Event, Fault, Sim};
+
+/// A client request.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put {
+        key: usize,
+        value: String,
+        seen: Context,
+    },
+    Delete {
+        key: usize,
+        seen: Context,
+    },
+    Get {
+        key: usize,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> usize {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Get { key } => *key,
+        }
+    }
+
+    /// The version a write was sent with (`None` for reads).
+    pub fn seen(&self) -> Option<&Context> {
+        match self {
+            Op::Put { seen, .. } | Op::Delete { seen, .. } => Some(seen),
+            Op::Get { .. } => None,
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A write acknowledged by its quorum, with the version it returned.
+    Written(Context),
+    Read(Option<Record>),
+    /// Failed or unknown: a failed write may still have been applied somewhere.
+    Failed(String),
+}
+
+/// One request in the history.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub client: usize,
+    pub node: usize,
+    pub quorum: u8,
+    pub op: Op,
+    pub start: u64,
+    pub end: u64,
+    pub outcome: Outcome,
+}
+
+pub type History = Arc<Mutex<Vec<Entry>>>;
+
+/// Knobs of the workload and the nemesis.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub clients: usize,
+    pub ops_per_client: usize,
+    pub replication_factor: u8,
+    pub crashes: bool,
+    pub partitions: bool,
+    /// Most nodes down at once.
+    pub max_down: usize,
+}
+
+/// Compact text of a version: `{actor:n,..|cloud}`.
+pub fn show(context: &Context) -> String {
+    let mut text = String::from("{");
+    for (actor, counter) in context.vector() {
+        let _ = write!(text, "{:x}:{counter},", actor.0);
+    }
+    for dot in context.cloud() {
+        let _ = write!(text, "|{:x}:{}", dot.actor.0, dot.counter);
+    }
+    text.push('}');
+    text
+}
+
+/// Runs one client: `ops` requests one after the other.
+pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: History, w: Workload) {
+    let nodes = lock(&sim.nodes).len();
+    let mut known: BTreeMap<usize, Context> = BTreeMap::new();
+    for n in 0..w.ops_per_client {
+        let think = sim.random(|rng| rng.range(0, 40));
+        sim.sleep(think).await;
+        let (node, kind, key, quorum, versioned) = sim.random(|rng| {
+            (
+                rng.index(nodes),
+                rng.below(20),
+                rng.index(keys.len()),
+                u8::try_from(rng.range(1, u64::from(w.replication_factor))).unwrap_or(1),
+                rng.chance(600),
+            )
+        });
+        let seen = if versioned {
+            known.get(&key).cloned().unwrap_or_default()
+        } else {
+            Context::default()
+        };
+        let op = match kind {
+            0..=8 => Op::Put {
+                key,
+                value: format!("c{id}-{n}"),
+                seen,
+            },
+            9..=11 => Op::Delete { key, seen },
+            _ => Op::Get { key },
+        };
+        let start = sim.now();
+        let outcome = request(&sim, node, &op, keys[key].clone(), quorum).await;
+        match &outcome {
+            Outcome::Written(version) => {
+                known.insert(key, version.clone());
+            }
+            Outcome::Read(Some(record)) => {
+                known.insert(key, record.context().clone());
+            }
+            Outcome::Read(None) => {
+                known.remove(&key);
+            }
+            Outcome::Failed(_) => {}
+        }
+        let result = match &outcome {
+            Outcome::Written(version) => format!("ok {}", show(version)),
+            Outcome::Read(Some(record)) => {
+                format!("ok {} siblings {}", record.len(), show(record.context()))
+            }
+            Outcome::Read(None) => "ok absent".into(),
+            Outcome::Failed(why) => format!("FAILED {why}"),
+        };
+        let what = match &op {
+            Op::Put { value, seen, .. } => format!("put k{key}={value} seen={}", show(seen)),
+            Op::Delete { seen, .. } => format!("delete k{key} seen={}", show(seen)),
+            Op::Get { .. } => format!("get k{key}"),
+        };
+        sim.log(&format!("c{id} via n{node} q={quorum} {what} -> {result}"));
+        lock(&history).push(Entry {
+            client: id,
+            node,
+            quorum,
+            op,
+            start,
+            end: sim.now(),
+            outcome,
+        });
+    }
+}
+
+/// One request through node `node`'s coordinator. The request runs as that node's
+/// task, so a crash kills it (the client sees the connection drop).
+async fn request(sim: &Arc<Sim>, node: usize, op: &Op, key: Key, quorum: u8) -> Outcome {
+    let Some(target) = sim.node(node) else {
+        return Outcome::Failed("connection refused".into());
+    };
+    let (tx, rx) = oneshot();
+    let coordinator = target.coordinator.clone();
+    let op = op.clone();
+    sim.spawn(
+        Owner::Node(node),
+        Box::pin(async move {
+            let write = |body, seen: &Context| Write {
+                key: key.clone(),
+                body,
+                seen: seen.clone(),
+                ttl: None,
+            };
+            let outcome = match &op {
+                Op::Put { value, seen, .. } => {
+                    let body = WriteBody::Value(Bytes::from(value.clone().into_bytes()));
+                    written(coordinator.write(write(body, seen), quorum, false).await)
+                }
+                Op::Delete { seen, .. } => written(
+                    coordinator
+                        .write(write(WriteBody::Delete, seen), quorum, false)
+                        .await,
+                ),
+                Op::Get { .. } => match coordinator.read(&key, quorum).await {
+                    Ok(record) => Outcome::Read(record),
+                    Err(error) => Outcome::Failed(error.to_string()),
+                },
+            };
+            tx.send(outcome);
+        }),
+    );
+    let outcome = rx
+        .await
+        .unwrap_or_else(|| Outcome::Failed("node crashed during the request".into()));
+    if matches!(outcome, Outcome::Written(_)) {
+        // The coordinator dies the moment it has answered: whatever it had not
+        // flushed yet is gone, and it restarts under a new actor.
+        let mut core = lock(&sim.core);
+        let per_mille = core.crash_coordinator_per_mille;
+        if core.crash_now(per_mille) {
+            let now = core.now;
+            core.schedule(now, Event::Fault(Fault::Crash(node)));
+        }
+    }
+    outcome
+}
+
+fn written<E: std::fmt::Display>(result: Result<Context, E>) -> Outcome {
+    match result {
+        Ok(version) => Outcome::Written(version),
+        Err(error) => Outcome::Failed(error.to_string()),
+    }
+}
+
+/// Injects faults until virtual time `until`: crashes and restarts, partitions and
+/// heals, at random moments.
+pub async fn nemesis(sim: Arc<Sim>, until: u64, w: Workload) {
+    let nodes = lock(&sim.nodes).len();
+    loop {
+        let wait = sim.random(|rng| rng.range(50, 500));
+        sim.sleep(wait).await;
+        if sim.now() >= until {
+            return;
+        }
+        let (up, partitioned) = {
+            let core = lock(&sim.core);
+            (core.net.up.clone(), !core.net.blocked.is_empty())
+        };
+        let running: Vec<usize> = (0..nodes).filter(|i| up[*i]).collect();
+        let down: Vec<usize> = (0..nodes).filter(|i| !up[*i]).collect();
+        let fault = sim.random(|rng| match rng.below(5) {
+            0 if w.crashes && down.len() < w.max_down => {
+                Some(Fault::Crash(running[rng.index(running.len())]))
+            }
+            1 if !down.is_empty() => Some(Fault::Restart(down[rng.index(down.len())])),
+            2 if w.partitions && !partitioned => {
+                let side: Vec<usize> = (0..nodes).filter(|_| rng.chance(500)).collect();
+                (!side.is_empty() && side.len() < nodes).then_some(Fault::Partition(side))
+            }
+            3 if partitioned => Some(Fault::Heal),
+            4 if w.crashes && rng.chance(300) => Some(Fault::PowerCut),
+            _ => None,
+        });
+        if let Some(fault) = fault {
+            let now = sim.now();
+            sim.schedule(now, Event::Fault(fault));
+        }
+    }
+}

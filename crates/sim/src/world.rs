@@ -1,0 +1,303 @@
+//! The world: N nodes over memory engines, their clocks, and the loop that runs
+//! ready tasks and then jumps virtual time to the next event. Faults (crash,
+//! restart, partition) are applied here, between polls, so they cut in at exact,
+//! replayable points.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use ringkv_cluster::coordinator::{Coordinator, Settings};
+use ringkv_cluster::membership::Membership;
+use ringkv_cluster::{BoxFuture, ManualClock, Node};
+use ringkv_core::ring::{Ring, allocate_tokens};
+use ringkv_core::{ActorId, ConflictPolicy, Member, MemberState, NodeId};
+
+use crate::disk::SimDisk;
+use crate::exec::{Owner, TaskWaker, lock};
+use crate::net::{SimNode, SimSpawn, SimTransport};
+use crate::sim::{Canary, Event, Fault, Sim};
+
+/// Wall-clock ms at virtual time 0 (any fixed date will do).
+const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Polls and events one run may take: a busy loop in the code under test ends the
+/// run (reported as not quiescing) instead of hanging the campaign.
+const MAX_STEPS: u64 = 20_000_000;
+
+/// How the world is built.
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    pub replication_factor: u8,
+    pub request_timeout_ms: u64,
+    /// Largest clock skew per node, either way.
+    pub max_skew_ms: u64,
+    pub keep_trace: bool,
+}
+
+pub struct World {
+    pub sim: Arc<Sim>,
+    pub config: WorldConfig,
+    pub engines: Vec<Arc<SimDisk>>,
+    clocks: Vec<Arc<ManualClock>>,
+    skews: Vec<i64>,
+    members: Vec<Member>,
+    tasks: BTreeMap<u64, (Owner, BoxFuture<()>)>,
+    /// Polls and events handled: a bound against livelock.
+    pub steps: u64,
+}
+
+impl World {
+    pub fn new(config: WorldConfig) -> World {
+        let sim = Arc::new(Sim::new(config.seed, config.nodes, config.keep_trace));
+        let mut members: Vec<Member> = Vec::new();
+        for index in 0..config.nodes {
+            let id = NodeId(index as u64);
+            let ring = Ring::from_members(&members);
+            let weights = members.iter().map(|m| (m.id, m.vnodes)).collect();
+            let salt = sim.random(|rng| rng.next_u64());
+            let tokens = allocate_tokens(&ring, &weights, id, 16, salt);
+            members.push(Member {
+                id,
+                generation: 1,
+                state: MemberState::Normal,
+                peer_addr: format!("n{index}"),
+                http_addr: String::new(),
+                resp_addr: String::new(),
+                vnodes: 16,
+                tokens,
+            });
+        }
+        let skews = (0..config.nodes)
+            .map(|_| {
+                let spread = config.max_skew_ms.saturating_mul(2);
+                let offset = sim.random(|rng| rng.range(0, spread));
+                i64::try_from(offset).unwrap_or(0) - i64::try_from(config.max_skew_ms).unwrap_or(0)
+            })
+            .collect();
+        let engines = (0..config.nodes)
+            .map(|_| Arc::new(SimDisk::new(&sim)))
+            .collect();
+        let mut world = World {
+            sim,
+            engines,
+            clocks: (0..config.nodes)
+                .map(|_| Arc::new(ManualClock::new(EPOCH_MS)))
+                .collect(),
+            skews,
+            members,
+            config,
+            tasks: BTreeMap::new(),
+            steps: 0,
+        };
+        world.set_clocks(0);
+        for index in 0..world.config.nodes {
+            world.boot(index);
+        }
+        world
+    }
+
+    /// Starts (or restarts) node `index` over its engine. Every incarnation gets a
+    /// new actor id, as `server::identity` does after an unclean stop.
+    fn boot(&mut self, index: usize) {
+        let (incarnation, canary) = {
+            let core = lock(&self.sim.core);
+            (core.net.incarnation[index], core.canary)
+        };
+        let actor = if canary == Canary::ReuseActorAfterCrash {
+            ActorId((index as u64) << 32)
+        } else {
+            ActorId(((index as u64) << 32) | incarnation)
+        };
+        let membership = Arc::new(Membership::new(self.members[index].clone()));
+        membership.merge(self.members.clone());
+        let node = Arc::new(Node::new(
+            self.engines[index].clone(),
+            self.clocks[index].clone(),
+            actor,
+            ConflictPolicy::Siblings,
+        ));
+        let coordinator = Arc::new(Coordinator::new(
+            membership.clone(),
+            Arc::new(SimTransport {
+                sim: self.sim.clone(),
+                from: index,
+            }),
+            Arc::new(SimSpawn {
+                sim: self.sim.clone(),
+                node: index,
+            }),
+            Settings {
+                replication_factor: self.config.replication_factor,
+                request_timeout: Duration::from_millis(self.config.request_timeout_ms),
+            },
+        ));
+        lock(&self.sim.nodes)[index] = Some(Arc::new(SimNode {
+            node,
+            membership,
+            coordinator,
+            actor,
+            disk: self.engines[index].clone(),
+            sim: self.sim.clone(),
+        }));
+    }
+
+    fn set_clocks(&self, now: u64) {
+        for (clock, skew) in self.clocks.iter().zip(&self.skews) {
+            clock.set(EPOCH_MS.saturating_add_signed(*skew) + now);
+        }
+    }
+
+    pub fn apply(&mut self, fault: Fault) {
+        self.sim.log(&format!("FAULT {fault:?}"));
+        match fault {
+            Fault::Crash(index) => {
+                {
+                    let mut core = lock(&self.sim.core);
+                    if !core.net.up[index] {
+                        return;
+                    }
+                    core.net.up[index] = false;
+                }
+                self.drain_inbox();
+                self.engines[index].crash();
+                lock(&self.sim.nodes)[index] = None;
+                // Dropping the tasks drops their reply senders: callers time out.
+                let dead: Vec<u64> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, (owner, _))| *owner == Owner::Node(index))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in dead {
+                    drop(self.tasks.remove(&id));
+                }
+                // Every crashed node comes back after a while (sooner if the
+                // nemesis restarts it first).
+                let mut core = lock(&self.sim.core);
+                let at = core.now + core.rng.range(50, 500);
+                core.schedule(at, Event::Fault(Fault::Restart(index)));
+            }
+            Fault::Restart(index) => {
+                {
+                    let mut core = lock(&self.sim.core);
+                    if core.net.up[index] {
+                        return;
+                    }
+                    core.net.up[index] = true;
+                    core.net.incarnation[index] += 1;
+                }
+                self.boot(index);
+            }
+            Fault::Partition(side) => {
+                let mut core = lock(&self.sim.core);
+                for a in 0..self.config.nodes {
+                    for b in 0..self.config.nodes {
+                        if side.contains(&a) != side.contains(&b) {
+                            core.net.blocked.insert((a, b));
+                        }
+                    }
+                }
+            }
+            Fault::Heal => lock(&self.sim.core).net.blocked.clear(),
+            Fault::PowerCut => {
+                for index in 0..self.config.nodes {
+                    self.apply(Fault::Crash(index));
+                }
+                let mut core = lock(&self.sim.core);
+                for index in 0..self.config.nodes {
+                    let at = core.now + core.rng.range(20, 200);
+                    core.schedule(at, Event::Fault(Fault::Restart(index)));
+                }
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        let spawned = std::mem::take(&mut lock(&self.sim.core).inbox);
+        for (id, owner, task) in spawned {
+            // A node that crashed since the spawn takes its new tasks with it.
+            let alive = match owner {
+                Owner::Node(index) => lock(&self.sim.core).net.up[index],
+                _ => true,
+            };
+            if alive {
+                self.tasks.insert(id, (owner, task));
+            }
+        }
+    }
+
+    /// Runs until nothing is left to do, virtual time passes `until` or the step
+    /// budget runs out. Returns whether it went idle.
+    pub fn run_until(&mut self, until: u64) -> bool {
+        loop {
+            if self.steps > MAX_STEPS {
+                self.sim
+                    .log("STUCK: step budget exhausted (a task that never sleeps?)");
+                return false;
+            }
+            self.drain_inbox();
+            let next = lock(&self.sim.ready).pop_front();
+            if let Some(id) = next {
+                self.steps += 1;
+                self.poll(id);
+                continue;
+            }
+            let event = {
+                let mut core = lock(&self.sim.core);
+                match core.events.first_key_value() {
+                    None => return true,
+                    Some((&(at, _), _)) if at > until => return false,
+                    Some(_) => {}
+                }
+                let Some(((at, _), event)) = core.events.pop_first() else {
+                    return true;
+                };
+                core.now = core.now.max(at);
+                event
+            };
+            self.steps += 1;
+            self.set_clocks(self.sim.now());
+            match event {
+                Event::Wake(waker) => waker.wake(),
+                Event::Run(job) => job(),
+                Event::Fault(fault) => self.apply(fault),
+            }
+        }
+    }
+
+    fn poll(&mut self, id: u64) {
+        let Some((owner, mut task)) = self.tasks.remove(&id) else {
+            return;
+        };
+        let waker = Waker::from(Arc::new(TaskWaker {
+            id,
+            ready: self.sim.ready.clone(),
+        }));
+        let mut cx = Context::from_waker(&waker);
+        if task.as_mut().poll(&mut cx).is_pending() {
+            self.tasks.insert(id, (owner, task));
+        }
+    }
+
+    pub fn pending_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+impl Drop for World {
+    /// Breaks the reference cycles (events and nodes hold the `Sim`) so a campaign
+    /// of many runs does not leak.
+    fn drop(&mut self) {
+        self.tasks.clear();
+        let events = std::mem::take(&mut lock(&self.sim.core).events);
+        let inbox = std::mem::take(&mut lock(&self.sim.core).inbox);
+        drop(events);
+        drop(inbox);
+        let nodes = std::mem::take(&mut *lock(&self.sim.nodes));
+        drop(nodes);
+    }
+}
