@@ -29,15 +29,7 @@ async fn write_on_one_node_reads_on_another() {
         assert_eq!(cluster.get(1, path).await.0, 400, "{path}");
     }
     assert_eq!(cluster.put(1, "k?w=4", json!({"value": "v"})).await.0, 400);
-    let status: Value = cluster
-        .client
-        .get(cluster.url(2, "/v1/cluster/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = cluster.json(2, "/v1/cluster/status").await;
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
     cluster.stop().await;
 }
@@ -113,15 +105,7 @@ async fn a_replica_that_missed_a_write_is_repaired_by_a_read() {
             .iter()
             .any(|r| r["node"] == node && r.get("versions").is_some())
     };
-    let debug: Value = cluster
-        .client
-        .get(cluster.url(0, "/v1/debug/key/k"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let debug: Value = cluster.json(0, "/v1/debug/key/k").await;
     let node2 = cluster.nodes[2].node_id;
     assert!(!holds(&debug, node2), "node 2 missed the write: {debug}");
     // Peers retry a node they failed to reach after a backoff (at most 1 s): wait
@@ -138,15 +122,7 @@ async fn a_replica_that_missed_a_write_is_repaired_by_a_read() {
     assert_eq!((status, body["value"].as_str()), (200, Some("v")));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let debug: Value = cluster
-            .client
-            .get(cluster.url(0, "/v1/debug/key/k"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let debug: Value = cluster.json(0, "/v1/debug/key/k").await;
         if holds(&debug, node2) {
             break;
         }
@@ -240,15 +216,7 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("secret"), "{stderr}");
-    let status: Value = cluster
-        .client
-        .get(cluster.url(0, "/v1/cluster/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = cluster.json(0, "/v1/cluster/status").await;
     assert_eq!(status["nodes"].as_array().unwrap().len(), 1, "{status}");
     cluster.stop().await;
 }

@@ -3,54 +3,27 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on anything unexpected.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::{NodeProcess, Signal};
 
 /// Clients writing at once, and the acknowledged writes to collect before the kill.
 const CLIENTS: usize = 32;
 const ACKED_BEFORE_KILL: usize = 1_200;
 
-/// Starts a node on an OS-chosen loopback port; returns it and its base URL.
-fn start_node(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
-        .args([
-            "server",
-            "--node-id",
-            "1",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--peer-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ringkv starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("node prints its address");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let addr = words
-        .iter()
-        .position(|word| *word == "on")
-        .and_then(|at| words.get(at + 1))
-        .filter(|addr| addr.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    (child, format!("http://{addr}"))
+/// Starts node 1 on OS-chosen loopback ports; returns it and its base URL.
+fn start_node(data_dir: &std::path::Path) -> (NodeProcess, String) {
+    let node = NodeProcess::spawn(1, "127.0.0.1", data_dir, &[]);
+    let base = format!("http://{}", node.http_addr);
+    (node, base)
 }
 
-fn sigkill(child: &mut Child) {
-    let pid = i32::try_from(child.id()).expect("pid fits i32");
-    // SAFETY: kill(2) on the pid of our own, not yet reaped child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    child.wait().expect("child is reaped");
+fn sigkill(node: &mut NodeProcess) {
+    node.signal(Signal::Kill);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,12 +119,12 @@ async fn sigterm_stops_cleanly_and_keeps_data() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let pid = i32::try_from(child.id()).unwrap();
+    let pid = i32::try_from(child.child.id()).unwrap();
     // SAFETY: kill(2) on the pid of our own, not yet reaped child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.child.try_wait().unwrap() {
             break status;
         }
         assert!(

@@ -184,6 +184,17 @@ impl Cluster {
         format!("http://{}{path}", self.nodes[index].http_addr)
     }
 
+    /// `GET path` on node `index`, as JSON.
+    pub async fn json(&self, index: usize, path: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(index, path))
+            .send()
+            .await
+            .expect("node answers");
+        response.json().await.expect("answer is JSON")
+    }
+
     pub async fn put(&self, index: usize, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .client
