@@ -26,6 +26,6 @@ pub mod replica;
 pub mod transport;
 
 pub use clock::{Clock, ManualClock};
-pub use node::{Node, NodeError, Write, WriteBody, Written};
+pub use node::{MAX_SIBLINGS, Node, NodeError, Write, WriteBody, Written};
 pub use quorum::{Quorum, QuorumError};
 pub use transport::{BoxFuture, Peer, Spawn, Transport, TransportError};

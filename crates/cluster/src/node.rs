@@ -54,7 +54,19 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("ttl of {ttl_secs} s puts the expiry past the end of time")]
     TtlOverflow { ttl_secs: u64 },
+    #[error(
+        "the key already holds {siblings} concurrent versions (the limit is {MAX_SIBLINGS}); \
+         read it and write back with its version to resolve them"
+    )]
+    TooManySiblings { siblings: usize },
 }
+
+/// Most versions (siblings, tombstones included) a client write may leave on a key.
+/// Blind writes to one key add a version each until a write carrying the key's
+/// version resolves them; past this, such a write is refused instead of growing the
+/// record (and the cost of every later write) without bound. Merges from other
+/// replicas are never refused: that would lose acknowledged data.
+pub const MAX_SIBLINGS: usize = 64;
 
 /// One node's replica of the data.
 pub struct Node {
@@ -125,6 +137,7 @@ impl Node {
         };
         let mut version = write.seen.clone();
         let mut written = None;
+        let mut too_many = None;
         let stored = self.engine.apply(&write.key, &mut |stored| {
             let mut record = stored.unwrap_or_default();
             let mut seen = write.seen.clone();
@@ -144,10 +157,18 @@ impl Node {
                 body: body.clone(),
             };
             let dot = record.update(&seen, self.actor, sibling);
+            if record.len() > MAX_SIBLINGS {
+                // Refused, nothing stored: the record would only keep growing.
+                too_many = Some(record.len() - 1);
+                return None;
+            }
             seen.insert(dot);
             written = Some(seen);
             Some(record)
         })?;
+        if let Some(siblings) = too_many {
+            return Err(NodeError::TooManySiblings { siblings });
+        }
         if let Some(seen) = written {
             version = seen;
         }
@@ -292,6 +313,32 @@ mod tests {
             1,
             "tombstone kept"
         );
+    }
+
+    #[test]
+    fn blind_writes_past_the_sibling_limit_are_refused_until_resolved() {
+        let (node, _) = node(ConflictPolicy::Siblings);
+        for _ in 0..MAX_SIBLINGS {
+            put(&node, "k", "x", &Context::default());
+        }
+        let refused = node.write(Write {
+            key: key("k"),
+            body: WriteBody::Value(Bytes::from_static(b"y")),
+            seen: Context::default(),
+            ttl: None,
+        });
+        assert!(
+            matches!(refused, Err(NodeError::TooManySiblings { siblings }) if siblings == MAX_SIBLINGS)
+        );
+        assert_eq!(
+            node.read(&key("k")).unwrap().unwrap().len(),
+            MAX_SIBLINGS,
+            "nothing stored"
+        );
+        // A write with the key's version resolves them all.
+        let seen = node.read(&key("k")).unwrap().unwrap().context().clone();
+        put(&node, "k", "z", &seen);
+        assert_eq!(bodies(&node, "k"), ["z"]);
     }
 
     #[test]

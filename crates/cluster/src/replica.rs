@@ -42,9 +42,11 @@ impl From<NodeError> for PeerError {
             NodeError::Storage(StorageError::Corrupt { .. }) => PeerError::Corrupt {
                 message: error.to_string(),
             },
-            NodeError::TtlOverflow { .. } => PeerError::Invalid {
-                message: error.to_string(),
-            },
+            NodeError::TtlOverflow { .. } | NodeError::TooManySiblings { .. } => {
+                PeerError::Invalid {
+                    message: error.to_string(),
+                }
+            }
             NodeError::Storage(_) => PeerError::Internal {
                 message: error.to_string(),
             },

@@ -503,3 +503,38 @@ async fn data_survives_a_graceful_restart() {
     assert_eq!(node.get_json("kept").await.1["value"], "yes");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn blind_writes_past_the_sibling_limit_are_refused_with_a_way_out() {
+    let node = start().await;
+    for i in 0..ringkv_cluster::MAX_SIBLINGS {
+        let (status, _) = node
+            .put_json("hot", json!({"value": format!("v{i}")}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (status, body) = node.put_json("hot", json!({"value": "one more"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("write back with its version"),
+        "{body}"
+    );
+    let (status, read) = node.get_json("hot").await;
+    assert_eq!(status, 300);
+    assert_eq!(
+        read["siblings"].as_array().unwrap().len(),
+        ringkv_cluster::MAX_SIBLINGS
+    );
+    let (status, _) = node
+        .put_json(
+            "hot",
+            json!({"value": "resolved", "version": read["version"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(node.get_json("hot").await.1["value"], "resolved");
+    node.stop().await;
+}
