@@ -108,8 +108,9 @@ async fn a_replica_that_missed_a_write_is_repaired_by_a_read() {
     let debug: Value = cluster.json(0, "/v1/debug/key/k").await;
     let node2 = cluster.nodes[2].node_id;
     assert!(!holds(&debug, node2), "node 2 missed the write: {debug}");
-    // Peers retry a node they failed to reach after a backoff (at most 1 s): wait
-    // until node 1 reaches all three again, probing another key.
+    // Node 1 failed to reach node 2 while it was down; it tries again once gossip
+    // says node 2 is back (or its backoff of at most 1 s runs out). Wait for that,
+    // probing another key.
     let deadline = Instant::now() + Duration::from_secs(10);
     while cluster.get(1, "probe?r=3").await.0 != 404 {
         assert!(

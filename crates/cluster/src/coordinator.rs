@@ -133,6 +133,10 @@ impl Coordinator {
         &self.membership
     }
 
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
     pub fn settings(&self) -> Settings {
         self.settings
     }

@@ -126,14 +126,17 @@ impl Membership {
             .collect()
     }
 
-    /// Takes in news about members; returns whether anything changed. This node is
-    /// the only authority on itself: news about it is ignored.
-    pub fn merge(&self, news: Vec<Member>) -> bool {
+    /// Takes in news about members; returns the members that are new or restarted
+    /// (a new generation) since the last news, so the transport can forget earlier
+    /// failures to reach them. This node is the only authority on itself: news about
+    /// it is ignored.
+    pub fn merge(&self, news: Vec<Member>) -> Vec<NodeId> {
         let mut state = self
             .state
             .write()
             .expect("membership lock is never poisoned");
         let mut changed = false;
+        let mut back = Vec::new();
         for member in news {
             if member.id == self.me {
                 continue;
@@ -143,12 +146,18 @@ impl Membership {
                 continue;
             }
             let newer = match state.members.get(&member.id) {
-                Some(known) => member.supersedes(known),
+                Some(known) => {
+                    if member.generation > known.generation {
+                        back.push(member.id);
+                    }
+                    member.supersedes(known)
+                }
                 None => {
                     if state.members.len() >= MAX_MEMBERS {
                         tracing::warn!(member = %member.id, "membership table full ({MAX_MEMBERS}); ignoring");
                         continue;
                     }
+                    back.push(member.id);
                     true
                 }
             };
@@ -164,7 +173,7 @@ impl Membership {
             let members: Vec<Member> = state.members.values().cloned().collect();
             state.ring = Arc::new(Ring::from_members(&members));
         }
-        changed
+        back
     }
 
     /// The member to exchange tables with this round: the others in turn.
@@ -205,7 +214,9 @@ impl Membership {
         };
         match transport.call(peer, request, timeout).await {
             Ok(PeerResponse::Members { members }) => {
-                self.merge(members);
+                for id in self.merge(members) {
+                    transport.forget_failures(id);
+                }
                 Ok(())
             }
             Ok(other) => Err(TransportError::Protocol {
@@ -220,8 +231,10 @@ impl Membership {
     }
 
     /// Handles a peer's `Members` request: merge its news, answer with our table.
-    pub fn on_members(&self, news: Vec<Member>) -> PeerResponse {
-        self.merge(news);
+    pub fn on_members(&self, transport: &dyn Transport, news: Vec<Member>) -> PeerResponse {
+        for id in self.merge(news) {
+            transport.forget_failures(id);
+        }
         PeerResponse::Members {
             members: self.news(),
         }

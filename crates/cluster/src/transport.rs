@@ -69,6 +69,11 @@ pub trait Transport: Send + Sync + 'static {
         request: PeerRequest,
         timeout: Duration,
     ) -> BoxFuture<Result<PeerResponse, TransportError>>;
+
+    /// News that `peer` is back (it restarted: a new generation was heard of). A
+    /// transport that fails calls fast after failed connects should try it again at
+    /// the next call instead of waiting out its backoff.
+    fn forget_failures(&self, _peer: NodeId) {}
 }
 
 /// Runs background work (read repair) that outlives the request that started it.

@@ -62,7 +62,10 @@ impl Transport for Network {
                         .on_coordinate(decode_write(write).unwrap(), required)
                         .await
                 }
-                PeerRequest::Members { members } => target.membership.on_members(members),
+                PeerRequest::Members { members } => {
+                    let transport = target.coordinator.get().unwrap().transport().clone();
+                    target.membership.on_members(transport.as_ref(), members)
+                }
                 other => {
                     let reply = target.node.handle_replica(other);
                     if let Some(durable) = reply.durable {

@@ -22,6 +22,27 @@ impl Spawn for TokioSpawn {
     }
 }
 
+/// A transport that reaches nobody, for membership news that arrives while this node
+/// is still joining (before its coordinator, and so its transport, is in place).
+struct NoTransport;
+
+impl ringkv_cluster::Transport for NoTransport {
+    fn call(
+        &self,
+        to: &ringkv_cluster::Peer,
+        _request: PeerRequest,
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<Result<PeerResponse, ringkv_cluster::TransportError>> {
+        let peer = to.id;
+        Box::pin(async move {
+            Err(ringkv_cluster::TransportError::Unreachable {
+                peer,
+                reason: "still joining".into(),
+            })
+        })
+    }
+}
+
 /// Dispatches peer requests to the replica, the coordinator and the membership table.
 pub struct PeerService {
     pub node: Arc<Node>,
@@ -42,7 +63,13 @@ impl PeerHandler for PeerService {
     fn handle(&self, _from: NodeId, request: PeerRequest) -> BoxFuture<PeerResponse> {
         match request {
             PeerRequest::Members { members } => {
-                let response = self.membership.on_members(members);
+                let response = match self.coordinator.get() {
+                    Some(coordinator) => self
+                        .membership
+                        .on_members(coordinator.transport().as_ref(), members),
+                    // Still joining: nothing to forget yet.
+                    None => self.membership.on_members(&NoTransport, members),
+                };
                 Box::pin(async move { response })
             }
             PeerRequest::Coordinate { write, required } => {

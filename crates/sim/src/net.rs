@@ -221,7 +221,9 @@ fn internal(message: String) -> PeerResponse {
 pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) -> PeerResponse {
     match request {
         PeerRequest::Replicate { .. } if canary == Canary::AckWithoutApplying => PeerResponse::Ack,
-        PeerRequest::Members { members } => target.membership.on_members(members),
+        PeerRequest::Members { members } => target
+            .membership
+            .on_members(target.coordinator.transport().as_ref(), members),
         PeerRequest::Coordinate { write, required } => match decode_write(write) {
             Ok(write) => target.coordinator.on_coordinate(write, required).await,
             Err(error) => PeerResponse::Error(error),

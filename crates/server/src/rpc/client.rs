@@ -209,6 +209,12 @@ impl Transport for TcpTransport {
             }),
         }
     }
+
+    fn forget_failures(&self, peer: NodeId) {
+        if let Some(link) = lock(&self.links).get(&peer) {
+            link.forget_failures();
+        }
+    }
 }
 
 impl Drop for TcpTransport {

@@ -155,6 +155,11 @@ impl Link {
         self.closed.cancel();
     }
 
+    /// Forgets earlier failed connects to this peer (it is back).
+    pub fn forget_failures(&self) {
+        self.health.forget();
+    }
+
     /// Encodes `request` and queues it on the next slot (round-robin) with room.
     ///
     /// # Errors
@@ -251,6 +256,16 @@ impl Health {
         state.backoff = (backoff * 2).min(self.backoff_max);
         state.failures += 1;
         (backoff, failures)
+    }
+
+    /// Forgets earlier failed connects: the next call tries to connect at once.
+    pub(super) fn forget(&self) {
+        let mut state = lock(&self.state);
+        *state = HealthState {
+            down: None,
+            backoff: self.backoff_min,
+            failures: 0,
+        };
     }
 
     /// Marks the peer up; returns how many attempts had failed before.

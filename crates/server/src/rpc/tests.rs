@@ -281,3 +281,50 @@ async fn listener_shutdown_closes_connections_within_the_grace() {
     })
     .await;
 }
+
+/// A peer that could not be reached is down for the backoff; news that it is back
+/// (`forget_failures`, from membership) makes the next call connect at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_failures_let_the_next_call_connect_at_once() {
+    bounded(async {
+        // A port nobody listens on: reserve one, then close it.
+        let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = probe.local_addr().expect("bound");
+        drop(probe);
+        let peer = Peer {
+            id: NodeId(2),
+            addr: addr.to_string(),
+        };
+        let transport = dialer(RpcOptions {
+            reconnect_backoff_min: LONG,
+            reconnect_backoff_max: LONG,
+            ..RpcOptions::default()
+        });
+        let first = transport.call(&peer, read("k"), LONG).await;
+        assert!(
+            matches!(first, Err(TransportError::Unreachable { .. })),
+            "{first:?}"
+        );
+        // The peer comes back on that port.
+        let listener = TcpListener::bind(addr).await.expect("rebind");
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(serve(
+            listener,
+            NodeId(2),
+            None,
+            RpcOptions::default(),
+            handler(Seen::default()),
+            shutdown.clone(),
+        ));
+        // Still within the backoff: the old failure, at once.
+        assert_eq!(transport.call(&peer, read("k"), LONG).await, first);
+        transport.forget_failures(NodeId(2));
+        assert_eq!(
+            transport.call(&peer, read("k"), LONG).await,
+            Ok(record("k"))
+        );
+        shutdown.cancel();
+        let _ = serving.await;
+    })
+    .await;
+}
