@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use ringkv_cluster::coordinator::CoordinatorError;
 
 /// An answer that is not a success.
 #[derive(Debug, thiserror::Error)]
@@ -16,10 +17,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("key not found")]
     NotFound,
-    #[error(
-        "{acked} of {required} required replicas acknowledged{}",
-        if *write { "; the write may have been applied on some replicas" } else { "" }
-    )]
+    /// Worded once, by the coordinator's error.
+    #[error("{}", CoordinatorError::QuorumUnavailable { acked: *acked, required: *required, write: *write })]
     QuorumUnavailable {
         acked: u8,
         required: u8,

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ringkv_cluster::coordinator::{Coordinator, CoordinatorError};
 use ringkv_cluster::{Node, Quorum, Write, WriteBody};
-use ringkv_core::{Body, Key, Limits, ReadView, Sibling};
+use ringkv_core::{Body, Key, Limits, Member, MemberState, ReadView, Sibling};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -73,29 +73,35 @@ async fn render_metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
+/// One JSON object per known member, built by `describe` from the member and its
+/// share of the ring.
+fn members_json(app: &AppState, describe: impl Fn(&Member, f64) -> Value) -> Vec<Value> {
     let membership = app.coordinator.membership();
     let ownership = membership.ring().ownership();
-    let nodes: Vec<Value> = membership
+    membership
         .members()
         .iter()
-        .map(|member| {
-            json!({
-                "id": member.id.0,
-                "http_addr": member.http_addr,
-                "resp_addr": member.resp_addr,
-                "peer_addr": member.peer_addr,
-                "status": match member.state {
-                    ringkv_core::MemberState::Normal => "healthy",
-                    ringkv_core::MemberState::Left => "left",
-                },
-                "generation": member.generation,
-                "vnodes": member.vnodes,
-                "ownership": ownership.get(&member.id).copied().unwrap_or(0.0),
-                "hints_queued": 0,
-            })
+        .map(|member| describe(member, ownership.get(&member.id).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let nodes = members_json(&app, |member, ownership| {
+        json!({
+            "id": member.id.0,
+            "http_addr": member.http_addr,
+            "resp_addr": member.resp_addr,
+            "peer_addr": member.peer_addr,
+            "status": match member.state {
+                MemberState::Normal => "healthy",
+                MemberState::Left => "left",
+            },
+            "generation": member.generation,
+            "vnodes": member.vnodes,
+            "ownership": ownership,
+            "hints_queued": 0,
         })
-        .collect();
+    });
     Json(json!({
         "node_id": app.node_id,
         "replication_factor": app.replication_factor,
@@ -106,20 +112,14 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
 }
 
 async fn cluster_ring(State(app): State<Arc<AppState>>) -> Json<Value> {
-    let membership = app.coordinator.membership();
-    let ownership = membership.ring().ownership();
-    let nodes: Vec<Value> = membership
-        .members()
-        .iter()
-        .map(|member| {
-            json!({
-                "id": member.id.0,
-                "vnodes": member.vnodes,
-                "ownership": ownership.get(&member.id).copied().unwrap_or(0.0),
-                "tokens": member.tokens.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            })
+    let nodes = members_json(&app, |member, ownership| {
+        json!({
+            "id": member.id.0,
+            "vnodes": member.vnodes,
+            "ownership": ownership,
+            "tokens": member.tokens.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
-        .collect();
+    });
     Json(json!({"replication_factor": app.replication_factor, "nodes": nodes}))
 }
 
