@@ -11,8 +11,8 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use ringkv_core::{Key, Record, TokenRange};
-use ringkv_storage::{Engine, MemoryEngine, StorageError, SyncWait};
+use ringkv_core::{Key, NodeId, Record, TokenRange};
+use ringkv_storage::{Engine, Hint, HintStats, MemoryEngine, StorageError, SyncWait};
 
 use crate::exec::lock;
 use crate::sim::{Event, Sim};
@@ -107,6 +107,37 @@ impl Engine for SimDisk {
             );
         }
         SyncWait::ready(Ok(()))
+    }
+
+    fn hint_put(
+        &self,
+        target: NodeId,
+        key: &Key,
+        record: &Record,
+        now_ms: u64,
+    ) -> Result<Hint, StorageError> {
+        self.memory.hint_put(target, key, record, now_ms)
+    }
+
+    fn hints_for_key(&self, key: &Key) -> Result<Vec<Hint>, StorageError> {
+        self.memory.hints_for_key(key)
+    }
+
+    fn hint_scan(
+        &self,
+        target: NodeId,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
+        self.memory.hint_scan(target, after, limit)
+    }
+
+    fn hint_remove(&self, hint: &Hint) -> Result<bool, StorageError> {
+        self.memory.hint_remove(hint)
+    }
+
+    fn hint_stats(&self) -> HintStats {
+        self.memory.hint_stats()
     }
 
     fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {

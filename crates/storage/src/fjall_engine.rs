@@ -9,11 +9,13 @@
 //! `Database` builder flag of the same name only affects batches and transactions.)
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use ringkv_core::{Key, Record, TokenRange};
+use ringkv_core::{Key, NodeId, Record, TokenRange};
 
 use crate::group_commit::{GroupCommit, Persist, SyncStats};
+use crate::hints::{self, Hint, HintStats};
 use crate::journal_file::JournalFile;
 use crate::stripes::Stripes;
 use crate::{Durability, Engine, StorageError, SyncWait, check_meta, decode_record, storage_key};
@@ -22,6 +24,8 @@ use crate::{Durability, Engine, StorageError, SyncWait, check_meta, decode_recor
 const DATA_KEYSPACE: &str = "data";
 /// Keyspace of the node metadata.
 const META_KEYSPACE: &str = "meta";
+/// Keyspace of the hints held for other nodes (see `hints`).
+const HINTS_KEYSPACE: &str = "hints";
 
 /// How to open a `FjallEngine`. Build it with `..FjallOptions::default()`: fields
 /// may be added.
@@ -68,6 +72,9 @@ pub struct FjallEngine {
     db: Database,
     data: Keyspace,
     meta: Keyspace,
+    hints: Keyspace,
+    /// What `hints` holds, counted at open and kept up to date by every change.
+    hint_stats: Mutex<HintStats>,
     stripes: Stripes,
     group_commit: GroupCommit,
 }
@@ -106,6 +113,10 @@ impl FjallEngine {
         let meta = db
             .keyspace(META_KEYSPACE, keyspace_options)
             .map_err(open_error)?;
+        let hints = db
+            .keyspace(HINTS_KEYSPACE, keyspace_options)
+            .map_err(open_error)?;
+        let hint_stats = count_hints(&hints)?;
         let group_commit = GroupCommit::start(persist(&db, path, options))?;
         tracing::info!(path = %path.display(), durability = ?options.durability, "storage opened");
         Ok(FjallEngine {
@@ -114,6 +125,8 @@ impl FjallEngine {
             db,
             data,
             meta,
+            hints,
+            hint_stats: Mutex::new(hint_stats),
             stripes: Stripes::new(),
             group_commit,
         })
@@ -153,6 +166,24 @@ impl FjallEngine {
         Ok(())
     }
 
+    fn hint_stats_lock(&self) -> MutexGuard<'_, HintStats> {
+        // Counts only: a panic mid-update leaves them at worst slightly off.
+        self.hint_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hint(&self, stored: &[u8]) -> Result<Option<(Hint, u64)>, StorageError> {
+        let raw = self
+            .hints
+            .get(stored)
+            .map_err(|error| StorageError::from_fjall("hint read", error))?;
+        raw.map(|raw| {
+            hints::decode(stored, &raw).map(|hint| (hint, (stored.len() + raw.len()) as u64))
+        })
+        .transpose()
+    }
+
     /// Refuses writes once the engine closed or a persist failed.
     fn write_checked(&self) -> Result<(), StorageError> {
         match self.group_commit.refusal() {
@@ -160,6 +191,21 @@ impl FjallEngine {
             None => Ok(()),
         }
     }
+}
+
+/// Counts the hints held (at open: one pass over the keys and value lengths).
+fn count_hints(hints: &Keyspace) -> Result<HintStats, StorageError> {
+    let mut stats = HintStats::default();
+    for guard in hints.iter() {
+        let (stored, raw) = guard
+            .into_inner()
+            .map_err(|error| StorageError::from_fjall("hint count", error))?;
+        if let Some(target) = stored.first_chunk::<8>() {
+            let bytes = (stored.len() + raw.len()) as u64;
+            stats.count(NodeId(u64::from_be_bytes(*target)), bytes, true);
+        }
+    }
+    Ok(stats)
 }
 
 /// What the syncer calls for each batch (see `JournalSync`).
@@ -275,6 +321,93 @@ impl Engine for FjallEngine {
 
     fn sync(&self) -> SyncWait {
         self.group_commit.sync()
+    }
+
+    fn hint_put(
+        &self,
+        target: NodeId,
+        key: &Key,
+        record: &Record,
+        now_ms: u64,
+    ) -> Result<Hint, StorageError> {
+        let stored = hints::encode_key(target, key);
+        self.write_checked()?;
+        let _locked = self.stripes.lock(key.token());
+        let held = self.hint(&stored)?;
+        let held_bytes = held.as_ref().map(|(_, bytes)| *bytes);
+        let record = hints::merged(held.map(|(hint, _)| hint), record);
+        let value = hints::encode_value(&record, now_ms);
+        let bytes = (stored.len() + value.len()) as u64;
+        self.hints
+            .insert(stored, value)
+            .map_err(|error| StorageError::from_fjall("hint write", error))?;
+        self.group_commit.record_write();
+        let mut stats = self.hint_stats_lock();
+        if let Some(held_bytes) = held_bytes {
+            stats.count(target, held_bytes, false);
+        }
+        stats.count(target, bytes, true);
+        Ok(Hint {
+            target,
+            key: key.clone(),
+            record,
+            stored_ms: now_ms,
+        })
+    }
+
+    fn hints_for_key(&self, key: &Key) -> Result<Vec<Hint>, StorageError> {
+        let targets: Vec<NodeId> = self.hint_stats_lock().by_target.keys().copied().collect();
+        let mut found = Vec::new();
+        for target in targets {
+            if let Some((hint, _)) = self.hint(&hints::encode_key(target, key))? {
+                found.push(hint);
+            }
+        }
+        Ok(found)
+    }
+
+    fn hint_scan(
+        &self,
+        target: NodeId,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
+        let mut found = Vec::with_capacity(limit.min(1024));
+        for guard in self.hints.range(hints::range_start(target, after)..) {
+            if found.len() >= limit {
+                break;
+            }
+            let (stored, raw) = guard
+                .into_inner()
+                .map_err(|error| StorageError::from_fjall("hint scan", error))?;
+            if !hints::is_for(&stored, target) {
+                break;
+            }
+            found.push(hints::decode(&stored, &raw)?);
+        }
+        Ok(found)
+    }
+
+    fn hint_remove(&self, hint: &Hint) -> Result<bool, StorageError> {
+        let stored = hints::encode_key(hint.target, &hint.key);
+        self.write_checked()?;
+        let _locked = self.stripes.lock(hint.key.token());
+        let Some((held, bytes)) = self.hint(&stored)? else {
+            return Ok(false);
+        };
+        if held != *hint {
+            return Ok(false);
+        }
+        self.hints
+            .remove(stored)
+            .map_err(|error| StorageError::from_fjall("hint delete", error))?;
+        self.group_commit.record_write();
+        self.hint_stats_lock().count(hint.target, bytes, false);
+        Ok(true)
+    }
+
+    fn hint_stats(&self) -> HintStats {
+        self.hint_stats_lock().clone()
     }
 
     fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {

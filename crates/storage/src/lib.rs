@@ -24,6 +24,7 @@
 mod error;
 mod fjall_engine;
 mod group_commit;
+mod hints;
 mod journal_file;
 mod memory;
 pub mod storage_key;
@@ -33,11 +34,12 @@ mod sync_wait;
 pub use error::StorageError;
 pub use fjall_engine::{FjallEngine, FjallOptions, JournalSync};
 pub use group_commit::{MAX_QUEUED_SYNCS, SyncStats};
+pub use hints::{Hint, HintCount, HintStats};
 pub use memory::MemoryEngine;
 pub use storage_key::MAX_STORED_KEY_BYTES;
 pub use sync_wait::SyncWait;
 
-use ringkv_core::{Key, Record, TokenRange};
+use ringkv_core::{Key, NodeId, Record, TokenRange};
 
 /// Longest metadata name (`meta_get` / `meta_put`).
 pub const MAX_META_NAME_BYTES: usize = 255;
@@ -124,6 +126,50 @@ pub trait Engine: Send + Sync + 'static {
     /// already wait); errors (a failed persist, a closed engine) come through the
     /// returned `SyncWait`.
     fn sync(&self) -> SyncWait;
+
+    /// Stores `record` as a hint for `target` (merged into any hint already held for
+    /// that key), stamped `now_ms`. Not durable until a later `sync` resolves.
+    /// Returns the hint as stored.
+    ///
+    /// # Errors
+    /// `Corrupt` when the stored hint does not decode (then nothing is written);
+    /// `Io`, `Poisoned`, `Closed`.
+    fn hint_put(
+        &self,
+        target: NodeId,
+        key: &Key,
+        record: &Record,
+        now_ms: u64,
+    ) -> Result<Hint, StorageError>;
+
+    /// Every hint held for `key`, whatever its target (cheap when none is held).
+    ///
+    /// # Errors
+    /// `Corrupt`; `Io`.
+    fn hints_for_key(&self, key: &Key) -> Result<Vec<Hint>, StorageError>;
+
+    /// `target`'s hints in (token, key) order, strictly after `after` when given, at
+    /// most `limit`.
+    ///
+    /// # Errors
+    /// `Corrupt` at the first hint that does not decode; `Io`.
+    fn hint_scan(
+        &self,
+        target: NodeId,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError>;
+
+    /// Removes `hint` if the stored one is still exactly it (same record, same stamp):
+    /// a hint merged into since it was read stays, to be handed off again. Returns
+    /// whether it was removed. Not durable until a later `sync` resolves.
+    ///
+    /// # Errors
+    /// `Io`, `Poisoned`, `Closed`.
+    fn hint_remove(&self, hint: &Hint) -> Result<bool, StorageError>;
+
+    /// How many hints this node holds, and their bytes, by target.
+    fn hint_stats(&self) -> HintStats;
 
     /// A metadata value (node id, actor id), kept apart from the records.
     ///

@@ -9,8 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
-use ringkv_core::{Key, Record, TokenRange};
+use ringkv_core::{Key, NodeId, Record, TokenRange};
 
+use crate::hints::{self, Hint, HintStats};
 use crate::{Engine, StorageError, SyncWait, check_meta, decode_record, storage_key};
 
 /// An in-memory engine with an explicit durable image. One lock guards everything:
@@ -28,6 +29,10 @@ struct State {
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Storage keys written or deleted since the last `sync`.
     dirty: BTreeSet<Vec<u8>>,
+    /// Hint key → hint value (see `hints`), live and durable, like the records.
+    hints: BTreeMap<Vec<u8>, Vec<u8>>,
+    hints_durable: BTreeMap<Vec<u8>, Vec<u8>>,
+    hints_dirty: BTreeSet<Vec<u8>>,
     /// Metadata is durable as soon as it is written.
     meta: BTreeMap<String, Vec<u8>>,
     syncs: u64,
@@ -44,6 +49,8 @@ impl MemoryEngine {
         let mut state = self.lock();
         state.live = state.durable.clone();
         state.dirty.clear();
+        state.hints = state.hints_durable.clone();
+        state.hints_dirty.clear();
     }
 
     /// How many `sync` calls had writes to make durable.
@@ -78,6 +85,21 @@ impl State {
             None => self.live.remove(&stored),
         };
         self.dirty.insert(stored);
+    }
+
+    fn write_hint(&mut self, stored: Vec<u8>, raw: Option<Vec<u8>>) {
+        match raw {
+            Some(raw) => self.hints.insert(stored.clone(), raw),
+            None => self.hints.remove(&stored),
+        };
+        self.hints_dirty.insert(stored);
+    }
+
+    fn hint(&self, stored: &[u8]) -> Result<Option<Hint>, StorageError> {
+        self.hints
+            .get(stored)
+            .map(|raw| hints::decode(stored, raw))
+            .transpose()
     }
 }
 
@@ -146,7 +168,88 @@ impl Engine for MemoryEngine {
                 None => state.durable.remove(&stored),
             };
         }
+        let dirty = std::mem::take(&mut state.hints_dirty);
+        for stored in dirty {
+            match state.hints.get(&stored).cloned() {
+                Some(raw) => state.hints_durable.insert(stored, raw),
+                None => state.hints_durable.remove(&stored),
+            };
+        }
         SyncWait::ready(Ok(()))
+    }
+
+    fn hint_put(
+        &self,
+        target: NodeId,
+        key: &Key,
+        record: &Record,
+        now_ms: u64,
+    ) -> Result<Hint, StorageError> {
+        let stored = hints::encode_key(target, key);
+        let mut state = self.lock();
+        let record = hints::merged(state.hint(&stored)?, record);
+        state.write_hint(stored, Some(hints::encode_value(&record, now_ms)));
+        Ok(Hint {
+            target,
+            key: key.clone(),
+            record,
+            stored_ms: now_ms,
+        })
+    }
+
+    fn hints_for_key(&self, key: &Key) -> Result<Vec<Hint>, StorageError> {
+        let state = self.lock();
+        let targets: BTreeSet<NodeId> = state
+            .hints
+            .keys()
+            .filter_map(|stored| stored.first_chunk::<8>())
+            .map(|target| NodeId(u64::from_be_bytes(*target)))
+            .collect();
+        let mut found = Vec::new();
+        for target in targets {
+            if let Some(hint) = state.hint(&hints::encode_key(target, key))? {
+                found.push(hint);
+            }
+        }
+        Ok(found)
+    }
+
+    fn hint_scan(
+        &self,
+        target: NodeId,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
+        let state = self.lock();
+        state
+            .hints
+            .range(hints::range_start(target, after)..)
+            .take_while(|(stored, _)| hints::is_for(stored, target))
+            .take(limit)
+            .map(|(stored, raw)| hints::decode(stored, raw))
+            .collect()
+    }
+
+    fn hint_remove(&self, hint: &Hint) -> Result<bool, StorageError> {
+        let stored = hints::encode_key(hint.target, &hint.key);
+        let mut state = self.lock();
+        let unchanged = state.hint(&stored)?.is_some_and(|held| held == *hint);
+        if unchanged {
+            state.write_hint(stored, None);
+        }
+        Ok(unchanged)
+    }
+
+    fn hint_stats(&self) -> HintStats {
+        let state = self.lock();
+        let mut stats = HintStats::default();
+        for (stored, raw) in &state.hints {
+            if let Some(target) = stored.first_chunk::<8>() {
+                let bytes = (stored.len() + raw.len()) as u64;
+                stats.count(NodeId(u64::from_be_bytes(*target)), bytes, true);
+            }
+        }
+        stats
     }
 
     fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {

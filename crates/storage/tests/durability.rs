@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ringkv_core::{ActorId, Body, Context, Hlc, Key, Record, Sibling, TokenRange};
+use ringkv_core::{ActorId, Body, Context, Hlc, Key, NodeId, Record, Sibling, TokenRange};
 use ringkv_storage::{Durability, Engine, FjallEngine, FjallOptions, MemoryEngine, StorageError};
 
 fn key(raw: impl Into<Bytes>) -> Key {
@@ -64,6 +64,25 @@ fn fjall_data_synced_survives_close_and_reopen() {
         assert_eq!(engine.scan(TokenRange::FULL, None, 1000).unwrap().len(), 99);
         assert_eq!(engine.meta_get("node_id").unwrap(), Some(b"n1".to_vec()));
     }
+}
+
+/// Synced hints survive a reopen, with their counts.
+#[test]
+fn fjall_hints_survive_reopen_with_their_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    for i in 0..10 {
+        engine
+            .hint_put(NodeId(9), &key(format!("h{i}")), &record(1, "v"), 5)
+            .unwrap();
+    }
+    engine.sync().wait().unwrap();
+    let stats = engine.hint_stats();
+    drop(engine);
+    let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+    assert_eq!(engine.hint_stats(), stats);
+    assert_eq!(stats.total().hints, 10);
+    assert_eq!(engine.hint_scan(NodeId(9), None, 100).unwrap().len(), 10);
 }
 
 /// Writes never synced still reach the disk when the engine closes cleanly.
@@ -162,6 +181,17 @@ fn memory_crash_loses_unsynced_writes_only() {
     assert_eq!(engine.get(&key("unsynced")).unwrap(), None);
     assert_eq!(engine.get(&key("deleted")).unwrap(), Some(record(1, "1")));
     assert_eq!(engine.meta_get("node_id").unwrap(), Some(b"n1".to_vec()));
+    // Hints alike.
+    let (target, k) = (NodeId(4), key("hinted"));
+    let synced = engine.hint_put(target, &k, &record(1, "1"), 1).unwrap();
+    engine.sync().wait().unwrap();
+    engine
+        .hint_put(target, &key("unsynced-hint"), &record(1, "1"), 1)
+        .unwrap();
+    assert!(engine.hint_remove(&synced).unwrap());
+    engine.crash();
+    assert_eq!(engine.hint_scan(target, None, 10).unwrap(), vec![synced]);
+    assert_eq!(engine.hint_stats().total().hints, 1);
 
     put(&engine, &key("unsynced"), "again");
     engine.sync().wait().unwrap();

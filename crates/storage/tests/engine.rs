@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringkv_core::{ActorId, Body, Context, Hlc, Key, Record, Sibling, Token, TokenRange};
+use ringkv_core::{ActorId, Body, Context, Hlc, Key, NodeId, Record, Sibling, Token, TokenRange};
 use ringkv_storage::{
     Engine, FjallEngine, FjallOptions, MAX_META_NAME_BYTES, MemoryEngine, StorageError,
 };
@@ -341,6 +341,69 @@ fn garbage_records_never_panic(engine: &dyn Engine, insert_raw: &dyn Fn(&Key, &[
         .unwrap();
 }
 
+/// Hints merge per (target, key), are found by key and by target in token order,
+/// and go only when unchanged since they were read; the counts follow.
+fn hints_merge_scan_and_remove_only_when_unchanged(engine: &dyn Engine) {
+    let (a, b) = (NodeId(1), NodeId(2));
+    assert!(engine.hint_stats().is_empty());
+    assert!(engine.hints_for_key(&key("k")).unwrap().is_empty());
+    let keys = sorted_keys(5);
+    for k in &keys {
+        engine.hint_put(a, k, &record(1, "x"), 100).unwrap();
+    }
+    engine.hint_put(b, &keys[2], &record(2, "y"), 200).unwrap();
+    // A second hint for (a, keys[2]) merges into the first.
+    let merged = engine.hint_put(a, &keys[2], &record(3, "z"), 300).unwrap();
+    assert_eq!(
+        values(&merged.record),
+        BTreeSet::from([b"x".to_vec(), b"z".to_vec()])
+    );
+    assert_eq!(merged.stored_ms, 300);
+
+    let stats = engine.hint_stats();
+    assert_eq!(stats.by_target[&a].hints, 5);
+    assert_eq!(stats.by_target[&b].hints, 1);
+    assert_eq!(stats.total().hints, 6);
+    assert!(stats.total().bytes > 0);
+
+    let for_key = engine.hints_for_key(&keys[2]).unwrap();
+    assert_eq!(for_key.iter().map(|h| h.target).collect::<Vec<_>>(), [a, b]);
+
+    // Scans are per target, in token order, and page.
+    let first = engine.hint_scan(a, None, 3).unwrap();
+    let rest = engine.hint_scan(a, Some(&first[2].key), 10).unwrap();
+    let scanned: Vec<Key> = first.iter().chain(&rest).map(|h| h.key.clone()).collect();
+    assert_eq!(scanned, keys);
+    assert_eq!(engine.hint_scan(b, None, 10).unwrap().len(), 1);
+    assert!(engine.hint_scan(NodeId(3), None, 10).unwrap().is_empty());
+
+    // A hint merged into after it was read is not removed; the fresh one is.
+    let stale = first[0].clone();
+    engine
+        .hint_put(a, &stale.key, &record(4, "w"), 400)
+        .unwrap();
+    assert!(!engine.hint_remove(&stale).unwrap());
+    let fresh = engine.hint_scan(a, None, 1).unwrap().remove(0);
+    assert!(engine.hint_remove(&fresh).unwrap());
+    assert!(!engine.hint_remove(&fresh).unwrap(), "already gone");
+    assert_eq!(engine.hint_stats().by_target[&a].hints, 4);
+
+    for hint in engine.hint_scan(a, None, 10).unwrap() {
+        assert!(engine.hint_remove(&hint).unwrap());
+    }
+    assert_eq!(
+        engine
+            .hint_stats()
+            .by_target
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [b]
+    );
+    // Hints are apart from the records.
+    assert_eq!(engine.get(&keys[2]).unwrap(), None);
+}
+
 /// Runs every case of the shared suite against one engine type, each on a fresh
 /// engine from `$open`.
 macro_rules! engine_suite {
@@ -390,6 +453,10 @@ macro_rules! engine_suite {
             #[test]
             fn sync_resolves_for_blocking_and_async_callers() {
                 super::sync_resolves_for_blocking_and_async_callers($open().engine.clone());
+            }
+            #[test]
+            fn hints_merge_scan_and_remove_only_when_unchanged() {
+                super::hints_merge_scan_and_remove_only_when_unchanged($open().engine.as_ref());
             }
             #[test]
             fn longest_key_is_stored() {
