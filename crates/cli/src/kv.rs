@@ -183,12 +183,12 @@ pub fn status(args: UrlArgs) -> anyhow::Result<ExitCode> {
         .map(Vec::as_slice)
         .unwrap_or_default();
     println!(
-        "{:<20} {:<12} {:<22} {:<22} {:>6} {:>9} {:>6}",
+        "{:<20} {:<18} {:<22} {:<22} {:>6} {:>9} {:>6}",
         "node", "status", "http", "peer", "vnodes", "owns", "hints"
     );
     for node in nodes {
         println!(
-            "{:<20} {:<12} {:<22} {:<22} {:>6} {:>8.1}% {:>6}",
+            "{:<20} {:<18} {:<22} {:<22} {:>6} {:>8.1}% {:>6}",
             node["id"].to_string(),
             node["status"].as_str().unwrap_or(""),
             node["http_addr"].as_str().unwrap_or(""),

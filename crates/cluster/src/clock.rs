@@ -7,6 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// TTL expiry and HLC timestamps read it, and the HLC never goes backwards.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
+
+    /// Milliseconds on a clock that never jumps (from an arbitrary origin), for
+    /// measuring intervals such as a peer's silence. Defaults to `now_ms` for clocks
+    /// that only move forward by hand.
+    fn monotonic_ms(&self) -> u64 {
+        self.now_ms()
+    }
 }
 
 /// A clock that moves only when told to.

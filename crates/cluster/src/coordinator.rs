@@ -22,7 +22,7 @@ use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse};
 use ringkv_core::{Context, Key, NodeId, Record};
 
 use crate::gather::Gather;
-use crate::membership::Membership;
+use crate::membership::{Liveness, Membership};
 use crate::node::Write;
 use crate::replica::encode_write;
 use crate::transport::{BoxFuture, Peer, Spawn, Transport, TransportError};
@@ -69,6 +69,9 @@ impl From<PeerError> for CoordinatorError {
             PeerError::Corrupt { message } => CoordinatorError::Corrupt(message),
             PeerError::Invalid { message } => CoordinatorError::Invalid(message),
             PeerError::Internal { message } => CoordinatorError::Internal(message),
+            error @ PeerError::HintsFull { .. } => {
+                CoordinatorError::Internal(format!("unexpected answer: {error:?}"))
+            }
         }
     }
 }
@@ -149,6 +152,20 @@ impl Coordinator {
             .to_vec()
     }
 
+    /// The key's replicas, then the other nodes in preference order (fallbacks for
+    /// the sloppy quorum).
+    fn placement(&self, key: &Key) -> (Vec<NodeId>, Vec<NodeId>) {
+        let ring = self.membership.ring();
+        let list = ring.preference_list(key.token(), usize::from(self.settings.replication_factor));
+        (list.replicas().to_vec(), list.fallbacks().to_vec())
+    }
+
+    /// How long to wait for `node`: the request timeout, a quarter of it for a
+    /// suspicious node; `None` for a node detected down (do not call it).
+    fn timeout_for(&self, node: NodeId) -> Option<Duration> {
+        timeout_for(&self.membership, self.settings.request_timeout, node)
+    }
+
     fn peers(&self, nodes: &[NodeId]) -> Vec<Peer> {
         nodes
             .iter()
@@ -157,7 +174,7 @@ impl Coordinator {
     }
 
     /// Applies a client write; answers with the writer's new version once `required`
-    /// replicas hold it durably. `forwarded` writes came from another node and are
+    /// nodes hold it durably. `forwarded` writes came from another node and are
     /// coordinated here whatever this node's ring says (one hop only).
     ///
     /// # Errors
@@ -169,7 +186,24 @@ impl Coordinator {
         required: u8,
         forwarded: bool,
     ) -> Result<Context, CoordinatorError> {
-        let replicas = self.replicas(&write.key);
+        self.write_acked(write, required, forwarded)
+            .await
+            .map(|ack| ack.version)
+    }
+
+    /// `write`, also saying how many of the acks were hints standing in for replicas
+    /// detected down (sloppy quorum): such a write is durable on `required` nodes,
+    /// but a strict quorum read of the true replicas may miss it until handoff.
+    ///
+    /// # Errors
+    /// As `write`.
+    pub async fn write_acked(
+        &self,
+        write: Write,
+        required: u8,
+        forwarded: bool,
+    ) -> Result<WriteAck, CoordinatorError> {
+        let (replicas, fallbacks) = self.placement(&write.key);
         let unavailable = |acked: u8| CoordinatorError::QuorumUnavailable {
             acked,
             required,
@@ -181,13 +215,23 @@ impl Coordinator {
         let me = self.membership.me();
         let timeout = self.settings.request_timeout;
         if !replicas.contains(&me) && !forwarded {
-            for peer in self.peers(&replicas) {
+            let up: Vec<NodeId> = replicas
+                .iter()
+                .copied()
+                .filter(|id| self.timeout_for(*id).is_some())
+                .collect();
+            for peer in self.peers(&up) {
                 let request = PeerRequest::Coordinate {
                     write: encode_write(&write),
                     required,
                 };
                 match self.transport.call(&peer, request, timeout).await {
-                    Ok(PeerResponse::Written { version }) => return decode_version(&version),
+                    Ok(PeerResponse::Written { version, hinted }) => {
+                        return Ok(WriteAck {
+                            version: decode_version(&version)?,
+                            hinted,
+                        });
+                    }
                     Ok(PeerResponse::Error(error)) => return Err(error.into()),
                     Ok(other) => return Err(unexpected(&other)),
                     Err(error) if never_delivered(&error) => continue,
@@ -197,14 +241,19 @@ impl Coordinator {
             return Err(unavailable(0));
         }
 
-        // Apply the write as a new version on one replica, this node first.
-        let mut order = replicas.clone();
+        // Apply the write as a new version on one live replica, this node first.
+        let mut order: Vec<NodeId> = replicas
+            .iter()
+            .copied()
+            .filter(|id| self.timeout_for(*id).is_some())
+            .collect();
         order.sort_by_key(|id| *id != me);
         let mut applied = None;
         for peer in self.peers(&order) {
             let request = PeerRequest::Update {
                 write: encode_write(&write),
             };
+            let timeout = self.timeout_for(peer.id).unwrap_or(timeout);
             match self.transport.call(&peer, request, timeout).await {
                 Ok(PeerResponse::Updated { record, version }) => {
                     applied = Some((peer.id, record, version));
@@ -222,36 +271,63 @@ impl Coordinator {
         let version = decode_version(&version)?;
 
         // The updated replica makes its write durable; the others merge the record.
-        // Answer after `required` durable acks.
+        // A replica that is down, or fails, gets a hint instead: on the next live
+        // fallback (which then counts toward W, sloppy quorum), else on this node
+        // (which already counts as a replica, so the hint only carries the write).
+        // Answer after `required` distinct nodes hold it durably; the rest carry on.
         let key = write.key.to_bytes();
-        let calls: Vec<(NodeId, BoxFuture<bool>)> = self
-            .peers(&replicas)
+        // Live fallbacks go first to the replicas down now (in replica order, as
+        // reads look for them), then to the others in case they fail.
+        let mut fallbacks = fallbacks
             .into_iter()
-            .map(|peer| {
-                let request = if peer.id == updated_on {
-                    PeerRequest::Sync
-                } else {
-                    PeerRequest::Replicate {
-                        key: key.clone(),
-                        record: record.clone(),
-                    }
+            .filter(|id| self.timeout_for(*id).is_some());
+        let mut assigned: Vec<Option<NodeId>> = replicas
+            .iter()
+            .map(|id| {
+                self.timeout_for(*id)
+                    .map_or_else(|| fallbacks.next(), |_| None)
+            })
+            .collect();
+        for (replica, fallback) in replicas.iter().zip(&mut assigned) {
+            if fallback.is_none() && *replica != updated_on {
+                *fallback = fallbacks.next();
+            }
+        }
+        let calls: Vec<(NodeId, BoxFuture<Option<Holder>>)> = replicas
+            .iter()
+            .zip(assigned)
+            .map(|(replica, fallback)| {
+                let slot = Slot {
+                    membership: self.membership.clone(),
+                    transport: self.transport.clone(),
+                    request_timeout: timeout,
+                    replicas: replicas.clone(),
+                    me,
+                    key: key.clone(),
+                    record: record.clone(),
                 };
-                let call = self.transport.call(&peer, request, timeout);
-                let acked: BoxFuture<bool> =
-                    Box::pin(async move { matches!(call.await, Ok(PeerResponse::Ack)) });
-                (peer.id, acked)
+                let holder: BoxFuture<Option<Holder>> =
+                    Box::pin(slot.fill(*replica, *replica == updated_on, fallback));
+                (*replica, holder)
             })
             .collect();
         let mut gather = Gather::new(calls);
         let needed = usize::from(required);
-        gather
-            .until(|done| done.iter().filter(|(_, ok)| *ok).count() >= needed)
-            .await;
-        let acked = gather.done().iter().filter(|(_, ok)| *ok).count();
-        let acked = u8::try_from(acked).unwrap_or(u8::MAX);
+        gather.until(|done| holders(done) >= needed).await;
+        let acked = u8::try_from(holders(gather.done())).unwrap_or(u8::MAX);
+        let hinted = gather
+            .done()
+            .iter()
+            .filter(|(_, holder)| holder.is_some_and(|holder| holder.hint))
+            .count();
+        let hinted = u8::try_from(hinted).unwrap_or(u8::MAX);
+        // Hints still being placed must land even though the client has its answer.
+        self.spawner
+            .spawn(Box::pin(async move { gather.all().await }));
         if acked >= required {
-            metrics::counter!("ringkv_coordinator_writes_total", "outcome" => "ok").increment(1);
-            Ok(version)
+            let outcome = if hinted > 0 { "ok_hinted" } else { "ok" };
+            metrics::counter!("ringkv_coordinator_writes_total", "outcome" => outcome).increment(1);
+            Ok(WriteAck { version, hinted })
         } else {
             metrics::counter!("ringkv_coordinator_writes_total", "outcome" => "quorum_unavailable")
                 .increment(1);
@@ -261,9 +337,10 @@ impl Coordinator {
 
     /// Answers a peer's `Coordinate` request.
     pub async fn on_coordinate(&self, write: Write, required: u8) -> PeerResponse {
-        match self.write(write, required, true).await {
-            Ok(version) => PeerResponse::Written {
-                version: Bytes::from(version.to_bytes()),
+        match self.write_acked(write, required, true).await {
+            Ok(ack) => PeerResponse::Written {
+                version: Bytes::from(ack.version.to_bytes()),
+                hinted: ack.hinted,
             },
             Err(error) => PeerResponse::Error((&error).into()),
         }
@@ -276,7 +353,7 @@ impl Coordinator {
     /// `QuorumUnavailable` when fewer than `required` replicas answered in time;
     /// `Corrupt` when that is because a replica's record does not decode.
     pub async fn read(&self, key: &Key, required: u8) -> Result<Option<Record>, CoordinatorError> {
-        let replicas = self.replicas(key);
+        let (replicas, fallbacks) = self.placement(key);
         if replicas.len() < usize::from(required) {
             return Err(CoordinatorError::QuorumUnavailable {
                 acked: 0,
@@ -284,7 +361,19 @@ impl Coordinator {
                 write: false,
             });
         }
-        let mut gather = Gather::new(self.read_calls(key, &replicas));
+        // A replica detected down is read through the next live fallback, which
+        // answers with the hints it holds for the key.
+        let mut fallbacks = fallbacks
+            .into_iter()
+            .filter(|id| self.timeout_for(*id).is_some());
+        let asked: Vec<NodeId> = replicas
+            .iter()
+            .filter_map(|id| match self.timeout_for(*id) {
+                Some(_) => Some(*id),
+                None => fallbacks.next(),
+            })
+            .collect();
+        let mut gather = Gather::new(self.read_calls(key, &asked));
         let needed = usize::from(required);
         gather
             .until(|done| done.iter().filter(|(_, reply)| reply.is_ok()).count() >= needed)
@@ -310,7 +399,7 @@ impl Coordinator {
             });
         }
         let merged = merge(answered.into_iter());
-        self.repair_later(key.to_bytes(), gather);
+        self.repair_later(key.to_bytes(), gather, replicas);
         Ok(merged)
     }
 
@@ -329,10 +418,12 @@ impl Coordinator {
     }
 
     fn read_calls(&self, key: &Key, replicas: &[NodeId]) -> Vec<(NodeId, BoxFuture<ReadReply>)> {
-        let timeout = self.settings.request_timeout;
         self.peers(replicas)
             .into_iter()
             .map(|peer| {
+                let timeout = self
+                    .timeout_for(peer.id)
+                    .unwrap_or(self.settings.request_timeout);
                 let call = self.transport.call(
                     &peer,
                     PeerRequest::Read {
@@ -346,9 +437,10 @@ impl Coordinator {
             .collect()
     }
 
-    /// Once every replica has answered, sends the merge of all answers to each that
-    /// held less.
-    fn repair_later(&self, key: Bytes, mut gather: Gather<ReadReply>) {
+    /// Once every replica has answered, sends the merge of all answers to each of
+    /// the key's `replicas` that held less (never to a fallback: hints are handed
+    /// off, not repaired into data).
+    fn repair_later(&self, key: Bytes, mut gather: Gather<ReadReply>, replicas: Vec<NodeId>) {
         let transport = self.transport.clone();
         let membership = self.membership.clone();
         let timeout = self.settings.request_timeout;
@@ -361,11 +453,12 @@ impl Coordinator {
             };
             let encoded = Bytes::from(merged.encode());
             for (node, reply) in &replies {
-                let stale = match reply {
-                    Ok(Some(record)) => *record != merged,
-                    Ok(None) => true,
-                    Err(_) => false,
-                };
+                let stale = replicas.contains(node)
+                    && match reply {
+                        Ok(Some(record)) => *record != merged,
+                        Ok(None) => true,
+                        Err(_) => false,
+                    };
                 let Some(peer) = membership.peer(*node).filter(|_| stale) else {
                     continue;
                 };
@@ -379,6 +472,133 @@ impl Coordinator {
                 }
             }
         }));
+    }
+}
+
+/// `Coordinator::timeout_for`, for code that holds only the membership.
+fn timeout_for(
+    membership: &Membership,
+    request_timeout: Duration,
+    node: NodeId,
+) -> Option<Duration> {
+    match membership.liveness(node) {
+        Liveness::Healthy => Some(request_timeout),
+        Liveness::Suspicious => Some(request_timeout / 4),
+        Liveness::Down | Liveness::PermanentlyFailed => None,
+    }
+}
+
+/// A successful client write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteAck {
+    /// What the writer now knows (the version to send with its next write).
+    pub version: Context,
+    /// How many acks were hints for replicas detected down (sloppy quorum).
+    pub hinted: u8,
+}
+
+/// A node that holds a write durably and counts toward W.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    node: NodeId,
+    /// As a hint for a replica detected down (not as a replica).
+    hint: bool,
+}
+
+/// How many distinct nodes hold a write durably, from the slots done so far.
+fn holders(done: &[(NodeId, Option<Holder>)]) -> usize {
+    let mut nodes: Vec<NodeId> = done
+        .iter()
+        .filter_map(|(_, holder)| holder.map(|holder| holder.node))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes.len()
+}
+
+/// One replica's share of a write: the replica itself, or a hint for it.
+struct Slot {
+    membership: Arc<Membership>,
+    transport: Arc<dyn Transport>,
+    request_timeout: Duration,
+    /// The key's replicas: a hint on one of them does not count toward W.
+    replicas: Vec<NodeId>,
+    me: NodeId,
+    key: Bytes,
+    record: Bytes,
+}
+
+impl Slot {
+    /// Makes `replica`'s copy durable (a `Sync` when it is the `updated` one, else a
+    /// `Replicate`); if it is down or fails, places a hint for it on `fallback`,
+    /// then on this node. Returns the node that now counts toward W, if any: the
+    /// replica, or the fallback holding its hint when the replica was detected down
+    /// (sloppy quorum). A hint for a replica that merely failed is kept for handoff
+    /// but does not count: the write may then still reach W true replicas, and a
+    /// strict quorum read must see it.
+    async fn fill(
+        self,
+        replica: NodeId,
+        updated: bool,
+        fallback: Option<NodeId>,
+    ) -> Option<Holder> {
+        let timeout = timeout_for(&self.membership, self.request_timeout, replica);
+        let detected_down = timeout.is_none();
+        if let Some(timeout) = timeout {
+            let request = if updated {
+                PeerRequest::Sync
+            } else {
+                PeerRequest::Replicate {
+                    key: self.key.clone(),
+                    record: self.record.clone(),
+                }
+            };
+            if let Some(peer) = self.membership.peer(replica)
+                && matches!(
+                    self.transport.call(&peer, request, timeout).await,
+                    Ok(PeerResponse::Ack)
+                )
+            {
+                return Some(Holder {
+                    node: replica,
+                    hint: false,
+                });
+            }
+        }
+        if updated {
+            // Its record is the one being spread: nothing to hint.
+            return None;
+        }
+        for holder in fallback.into_iter().chain([self.me]) {
+            let Some(peer) = self.membership.peer(holder) else {
+                continue;
+            };
+            let request = PeerRequest::Hint {
+                target: replica,
+                key: self.key.clone(),
+                record: self.record.clone(),
+            };
+            match self
+                .transport
+                .call(&peer, request, self.request_timeout)
+                .await
+            {
+                Ok(PeerResponse::Ack) => {
+                    metrics::counter!("ringkv_coordinator_hints_total").increment(1);
+                    let counts = detected_down && !self.replicas.contains(&holder);
+                    return counts.then_some(Holder {
+                        node: holder,
+                        hint: true,
+                    });
+                }
+                Ok(other) => {
+                    tracing::debug!(%replica, %holder, "hint refused: {other:?}");
+                }
+                Err(error) => tracing::debug!(%replica, %holder, "hint failed: {error}"),
+            }
+        }
+        tracing::warn!(%replica, "no node took a hint for an unreachable replica; anti-entropy will repair it");
+        None
     }
 }
 

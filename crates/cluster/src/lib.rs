@@ -11,14 +11,17 @@
 //! * `transport`: the `Transport` trait (calls to peers and to itself), `Spawn`.
 //! * `replica`: what a replica does with `Update` / `Replicate` / `Read`.
 //! * `coordinator`: quorum writes (forwarding one hop), quorum reads, read repair.
-//! * `membership`: the member table, its merge, the ring computed from it.
+//! * `membership`: the member table, its merge, the ring computed from it, gossip
+//!   rounds and the failure detector (`Liveness`).
+//! * `handoff`: hands hints back to their targets once they are healthy again.
 //! * `gather`: wait for the first k of several calls without spawning.
 //!
-//! Failure detection, hinted handoff and anti-entropy arrive with their issues.
+//! Anti-entropy arrives with its issue.
 
 pub mod clock;
 pub mod coordinator;
 mod gather;
+pub mod handoff;
 pub mod membership;
 pub mod node;
 pub mod quorum;
@@ -28,4 +31,4 @@ pub mod transport;
 pub use clock::{Clock, ManualClock};
 pub use node::{MAX_SIBLINGS, Node, NodeError, Write, WriteBody, Written};
 pub use quorum::{Quorum, QuorumError};
-pub use transport::{BoxFuture, Peer, Spawn, Transport, TransportError};
+pub use transport::{BoxFuture, Peer, Spawn, Transport, TransportError, offload};

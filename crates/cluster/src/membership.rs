@@ -1,18 +1,28 @@
-//! The membership table: every node this node knows of, and the ring computed from
-//! it. Nodes exchange their tables (`PeerRequest::Members`) with seeds at start and
-//! with one member per round afterwards; tables merge member by member, newer
-//! `(generation, state)` winning, so every node converges on the same table and
-//! computes the same ring. Failure detection (gossip heartbeats) plugs in here.
+//! The membership table and the failure detector (DESIGN.md §6).
+//!
+//! Table: every node this node knows of, and the ring computed from it. Every
+//! `gossip_interval_ms` a node bumps its own heartbeat and exchanges tables
+//! (`PeerRequest::Members`, push and pull) with one random live peer, now and then
+//! with a down one too (so it notices the return), and with seeds at start; tables
+//! merge member by member, newer `(generation, heartbeat, state)` winning, so every
+//! node converges on the same table and computes the same ring.
+//!
+//! Detector: each node's *local* view of each peer, from the time since the peer's
+//! heartbeat last moved (as seen here, on this node's monotonic clock): HEALTHY →
+//! SUSPICIOUS (`suspicion_threshold_ms`) → DOWN (`down_threshold_ms`) →
+//! PERMANENTLY_FAILED (`permanent_failure_threshold_ms`), back to HEALTHY as soon as
+//! the heartbeat moves again (a restart's new generation included). `tick` logs and
+//! counts the transitions; coordinators read `liveness` on every request.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ringkv_core::ring::Ring;
 use ringkv_core::wire::{PeerRequest, PeerResponse};
 use ringkv_core::{Member, MemberState, NodeId};
 
+use crate::Clock;
 use crate::transport::{Peer, Transport, TransportError};
 
 /// Most members a table may hold; news beyond it is dropped (and logged).
@@ -20,16 +30,109 @@ pub const MAX_MEMBERS: usize = 1024;
 /// Most tokens one member may claim.
 pub const MAX_TOKENS_PER_MEMBER: usize = 4096;
 
+/// A peer as this node's failure detector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Liveness {
+    Healthy,
+    /// Silent past `suspicion_threshold_ms`: still used, with a short timeout.
+    Suspicious,
+    /// Silent past `down_threshold_ms`: not sent requests; its writes go to hints.
+    Down,
+    /// Silent past `permanent_failure_threshold_ms`: marked for removal (the
+    /// operator's or the topology code's business; still on the ring until then).
+    PermanentlyFailed,
+}
+
+impl Liveness {
+    /// The name `/v1/cluster/status` and `ringkv status` show (DESIGN.md §7).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Healthy => "healthy",
+            Liveness::Suspicious => "suspicious",
+            Liveness::Down => "down",
+            Liveness::PermanentlyFailed => "permanently_failed",
+        }
+    }
+
+    /// Whether requests may be sent to it.
+    pub fn is_up(self) -> bool {
+        matches!(self, Liveness::Healthy | Liveness::Suspicious)
+    }
+}
+
+/// The failure detector's thresholds (config keys `suspicion_threshold_ms`,
+/// `down_threshold_ms`, `permanent_failure_threshold_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detector {
+    pub suspicion_ms: u64,
+    pub down_ms: u64,
+    pub permanent_ms: u64,
+}
+
+impl Detector {
+    /// DESIGN.md §6 defaults: 5 s, 30 s, 10 min.
+    pub const DEFAULT: Detector = Detector {
+        suspicion_ms: 5_000,
+        down_ms: 30_000,
+        permanent_ms: 600_000,
+    };
+
+    /// A detector that never suspects anyone (static test clusters).
+    pub const NEVER: Detector = Detector {
+        suspicion_ms: u64::MAX,
+        down_ms: u64::MAX,
+        permanent_ms: u64::MAX,
+    };
+
+    /// What a peer silent for `silent_ms` is.
+    pub fn judge(&self, silent_ms: u64) -> Liveness {
+        if silent_ms >= self.permanent_ms {
+            Liveness::PermanentlyFailed
+        } else if silent_ms >= self.down_ms {
+            Liveness::Down
+        } else if silent_ms >= self.suspicion_ms {
+            Liveness::Suspicious
+        } else {
+            Liveness::Healthy
+        }
+    }
+}
+
+/// What the detector remembers of one peer.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The newest `(generation, heartbeat)` heard of.
+    beat: (u64, u64),
+    /// When (this node's monotonic ms) `beat` last moved.
+    moved_ms: u64,
+    /// The liveness last logged (`tick`).
+    reported: Liveness,
+}
+
 struct State {
     members: BTreeMap<NodeId, Member>,
     ring: Arc<Ring>,
+    seen: BTreeMap<NodeId, Seen>,
 }
 
 /// This node's view of the cluster.
 pub struct Membership {
     me: NodeId,
     state: RwLock<State>,
-    round: AtomicU64,
+    clock: Arc<dyn Clock>,
+    detector: Detector,
+    /// Picks gossip partners (SplitMix64 seeded by the node id: deterministic in
+    /// the simulator, different on every node).
+    rng: Mutex<u64>,
+}
+
+/// One SplitMix64 step.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Why news about a member was not taken.
@@ -52,7 +155,7 @@ fn check(member: &Member) -> Result<(), String> {
 
 impl Membership {
     /// A table holding only this node.
-    pub fn new(me: Member) -> Membership {
+    pub fn new(me: Member, clock: Arc<dyn Clock>, detector: Detector) -> Membership {
         let id = me.id;
         let members = BTreeMap::from([(id, me)]);
         let ring = Arc::new(Ring::from_members(
@@ -60,9 +163,19 @@ impl Membership {
         ));
         Membership {
             me: id,
-            state: RwLock::new(State { members, ring }),
-            round: AtomicU64::new(0),
+            state: RwLock::new(State {
+                members,
+                ring,
+                seen: BTreeMap::new(),
+            }),
+            clock,
+            detector,
+            rng: Mutex::new(id.0 ^ 0x5EED_0F60_551F),
         }
+    }
+
+    pub fn detector(&self) -> Detector {
+        self.detector
     }
 
     pub fn me(&self) -> NodeId {
@@ -105,16 +218,99 @@ impl Membership {
         })
     }
 
-    /// Replaces this node's own entry (its tokens once allocated, a new state).
-    pub fn update_me(&self, me: Member) {
+    /// Replaces this node's own entry (its tokens once allocated, a new state). The
+    /// heartbeat carries on from the current entry's.
+    pub fn update_me(&self, mut me: Member) {
         assert_eq!(me.id, self.me, "update_me is for this node's own entry");
         let mut state = self
             .state
             .write()
             .expect("membership lock is never poisoned");
+        if let Some(current) = state.members.get(&me.id) {
+            me.heartbeat = me.heartbeat.max(current.heartbeat);
+        }
         state.members.insert(me.id, me);
         let members: Vec<Member> = state.members.values().cloned().collect();
         state.ring = Arc::new(Ring::from_members(&members));
+    }
+
+    /// Bumps this node's heartbeat: once per gossip round, before the exchange.
+    pub fn beat(&self) {
+        let mut state = self
+            .state
+            .write()
+            .expect("membership lock is never poisoned");
+        if let Some(me) = state.members.get_mut(&self.me) {
+            me.heartbeat += 1;
+        }
+    }
+
+    /// This node's view of `id` now. Itself, and nodes it has no news of yet, are
+    /// healthy (no evidence against them).
+    pub fn liveness(&self, id: NodeId) -> Liveness {
+        if id == self.me {
+            return Liveness::Healthy;
+        }
+        let now = self.clock.monotonic_ms();
+        let state = self
+            .state
+            .read()
+            .expect("membership lock is never poisoned");
+        state.seen.get(&id).map_or(Liveness::Healthy, |seen| {
+            self.detector.judge(now.saturating_sub(seen.moved_ms))
+        })
+    }
+
+    /// Every member with its liveness as seen here.
+    pub fn members_with_liveness(&self) -> Vec<(Member, Liveness)> {
+        self.members()
+            .into_iter()
+            .map(|member| {
+                let liveness = self.liveness(member.id);
+                (member, liveness)
+            })
+            .collect()
+    }
+
+    /// Re-judges every peer; logs and counts each change since the last tick and
+    /// returns them (`(peer, from, to)`). Called once per gossip round.
+    pub fn tick(&self) -> Vec<(NodeId, Liveness, Liveness)> {
+        let now = self.clock.monotonic_ms();
+        let mut state = self
+            .state
+            .write()
+            .expect("membership lock is never poisoned");
+        let mut changes = Vec::new();
+        for (id, seen) in &mut state.seen {
+            let now_is = self.detector.judge(now.saturating_sub(seen.moved_ms));
+            if now_is != seen.reported {
+                changes.push((*id, seen.reported, now_is));
+                seen.reported = now_is;
+            }
+        }
+        drop(state);
+        for (id, from, to) in &changes {
+            let silent_ms = self.silent_ms(*id, now);
+            if *to == Liveness::Healthy {
+                tracing::info!(peer = %id, from = from.as_str(), "peer is healthy again");
+            } else {
+                tracing::warn!(peer = %id, from = from.as_str(), to = to.as_str(), silent_ms, "peer is {}", to.as_str());
+            }
+            metrics::counter!("ringkv_failure_detector_transitions_total", "to" => to.as_str())
+                .increment(1);
+        }
+        changes
+    }
+
+    fn silent_ms(&self, id: NodeId, now: u64) -> u64 {
+        let state = self
+            .state
+            .read()
+            .expect("membership lock is never poisoned");
+        state
+            .seen
+            .get(&id)
+            .map_or(0, |seen| now.saturating_sub(seen.moved_ms))
     }
 
     /// What this node tells others: every member with a valid entry (this node is
@@ -137,6 +333,7 @@ impl Membership {
             .expect("membership lock is never poisoned");
         let mut changed = false;
         let mut back = Vec::new();
+        let now = self.clock.monotonic_ms();
         for member in news {
             if member.id == self.me {
                 continue;
@@ -145,12 +342,12 @@ impl Membership {
                 tracing::warn!("ignoring member news: {reason}");
                 continue;
             }
-            let newer = match state.members.get(&member.id) {
+            let (newer, moves_ring) = match state.members.get(&member.id) {
                 Some(known) => {
                     if member.generation > known.generation {
                         back.push(member.id);
                     }
-                    member.supersedes(known)
+                    (member.supersedes(known), member.moves_ring(known))
                 }
                 None => {
                     if state.members.len() >= MAX_MEMBERS {
@@ -158,15 +355,25 @@ impl Membership {
                         continue;
                     }
                     back.push(member.id);
-                    true
+                    (true, true)
                 }
             };
+            let beat = (member.generation, member.heartbeat);
+            let seen = state.seen.entry(member.id).or_insert(Seen {
+                beat,
+                moved_ms: now,
+                reported: Liveness::Healthy,
+            });
+            if beat > seen.beat {
+                seen.beat = beat;
+                seen.moved_ms = now;
+            }
             if newer {
                 if !state.members.contains_key(&member.id) {
                     tracing::info!(member = %member.id, addr = %member.peer_addr, "new cluster member");
                 }
                 state.members.insert(member.id, member);
-                changed = true;
+                changed |= moves_ring;
             }
         }
         if changed {
@@ -176,27 +383,51 @@ impl Membership {
         back
     }
 
-    /// The member to exchange tables with this round: the others in turn.
-    pub fn gossip_target(&self) -> Option<Peer> {
-        let state = self
-            .state
-            .read()
-            .expect("membership lock is never poisoned");
-        let others: Vec<&Member> = state
-            .members
-            .values()
-            .filter(|member| member.id != self.me && member.state != MemberState::Left)
-            .collect();
-        if others.is_empty() {
-            return None;
+    /// Whom to exchange tables with this round: one random live peer, and with
+    /// chance `down / (live + 1)` one random down peer too (so a returning node is
+    /// noticed even by nodes it does not pick itself).
+    pub fn gossip_targets(&self) -> Vec<Peer> {
+        let mut live = Vec::new();
+        let mut down = Vec::new();
+        for member in self.members() {
+            if member.id == self.me || member.state == MemberState::Left {
+                continue;
+            }
+            let peer = Peer {
+                id: member.id,
+                addr: member.peer_addr,
+            };
+            if self.liveness(member.id).is_up() {
+                live.push(peer);
+            } else {
+                down.push(peer);
+            }
         }
-        let round = self.round.fetch_add(1, Ordering::Relaxed);
-        let index = usize::try_from(round % others.len() as u64).unwrap_or(0);
-        let member = others[index];
-        Some(Peer {
-            id: member.id,
-            addr: member.peer_addr.clone(),
-        })
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        let pick = |rng: &mut u64, peers: &mut Vec<Peer>| -> Option<Peer> {
+            let len = u64::try_from(peers.len()).ok().filter(|len| *len > 0)?;
+            let index = usize::try_from(next_random(rng) % len).ok()?;
+            Some(peers.swap_remove(index))
+        };
+        let mut targets = Vec::new();
+        let live_count = live.len() as u64;
+        let down_count = down.len() as u64;
+        targets.extend(pick(&mut rng, &mut live));
+        if down_count > 0 && next_random(&mut rng) % (live_count + 1) < down_count {
+            targets.extend(pick(&mut rng, &mut down));
+        }
+        targets
+    }
+
+    /// One gossip round: bump the heartbeat, exchange tables with this round's
+    /// targets (the live one first: a down one may cost a timeout), re-judge every
+    /// peer.
+    pub async fn gossip_round(&self, transport: &dyn Transport, timeout: Duration) {
+        self.beat();
+        for peer in self.gossip_targets() {
+            let _ = self.exchange(transport, &peer, timeout).await;
+        }
+        self.tick();
     }
 
     /// One exchange of tables with `peer`: send ours, merge theirs.
@@ -238,5 +469,128 @@ impl Membership {
         PeerResponse::Members {
             members: self.news(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+    use ringkv_core::Token;
+
+    const DETECTOR: Detector = Detector {
+        suspicion_ms: 100,
+        down_ms: 300,
+        permanent_ms: 1_000,
+    };
+
+    fn member(id: u64, generation: u64, heartbeat: u64) -> Member {
+        Member {
+            id: NodeId(id),
+            generation,
+            heartbeat,
+            state: MemberState::Normal,
+            peer_addr: format!("127.0.0.1:{}", 7000 + id),
+            http_addr: String::new(),
+            resp_addr: String::new(),
+            vnodes: 1,
+            tokens: vec![Token(u128::from(id) << 100)],
+        }
+    }
+
+    fn table() -> (Membership, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(0));
+        let membership = Membership::new(member(0, 1, 0), clock.clone(), DETECTOR);
+        membership.merge(vec![member(1, 1, 0), member(2, 1, 0)]);
+        (membership, clock)
+    }
+
+    #[test]
+    fn silence_walks_through_the_states_and_a_heartbeat_brings_it_back() {
+        let (membership, clock) = table();
+        let peer = NodeId(1);
+        let mut seen = Vec::new();
+        for (at, beat) in [(99, 0), (100, 0), (299, 0), (300, 0), (999, 0), (1_000, 0)] {
+            clock.set(at);
+            membership.merge(vec![member(1, 1, beat)]);
+            seen.push(membership.liveness(peer));
+        }
+        use Liveness::*;
+        assert_eq!(
+            seen,
+            [
+                Healthy,
+                Suspicious,
+                Suspicious,
+                Down,
+                Down,
+                PermanentlyFailed
+            ]
+        );
+        // Stale news (the same beat) does not revive it; a moved heartbeat does.
+        membership.merge(vec![member(1, 1, 0)]);
+        assert_eq!(membership.liveness(peer), PermanentlyFailed);
+        membership.merge(vec![member(1, 1, 1)]);
+        assert_eq!(membership.liveness(peer), Healthy);
+        // A restart (new generation, heartbeat from zero) is a move too.
+        clock.advance(500);
+        assert_eq!(membership.liveness(peer), Down);
+        membership.merge(vec![member(1, 2, 0)]);
+        assert_eq!(membership.liveness(peer), Healthy);
+        assert_eq!(membership.liveness(NodeId(0)), Healthy, "itself");
+    }
+
+    #[test]
+    fn tick_reports_each_transition_once() {
+        let (membership, clock) = table();
+        assert!(membership.tick().is_empty());
+        clock.set(150);
+        membership.merge(vec![member(2, 1, 1)]);
+        assert_eq!(
+            membership.tick(),
+            [(NodeId(1), Liveness::Healthy, Liveness::Suspicious)]
+        );
+        assert!(membership.tick().is_empty());
+        clock.set(400);
+        membership.merge(vec![member(1, 1, 1)]);
+        assert_eq!(
+            membership.tick(),
+            [
+                (NodeId(1), Liveness::Suspicious, Liveness::Healthy),
+                (NodeId(2), Liveness::Healthy, Liveness::Suspicious),
+            ]
+        );
+    }
+
+    #[test]
+    fn heartbeats_alone_keep_the_ring() {
+        let (membership, _) = table();
+        let ring = membership.ring();
+        membership.beat();
+        membership.merge(vec![member(1, 1, 5), member(2, 1, 9)]);
+        assert!(Arc::ptr_eq(&ring, &membership.ring()));
+        let mut moved = member(1, 1, 6);
+        moved.tokens = vec![Token(7)];
+        membership.merge(vec![moved]);
+        assert!(!Arc::ptr_eq(&ring, &membership.ring()));
+        assert_eq!(membership.member(NodeId(0)).map(|me| me.heartbeat), Some(1));
+    }
+
+    #[test]
+    fn gossip_picks_a_live_peer_and_sometimes_a_down_one() {
+        let (membership, clock) = table();
+        clock.set(DETECTOR.down_ms);
+        membership.merge(vec![member(1, 1, 1)]); // 2 stays silent: down
+        let mut live_picks = 0;
+        let mut down_picks = 0;
+        for _ in 0..200 {
+            let targets = membership.gossip_targets();
+            assert_eq!(targets[0].id, NodeId(1), "the only live peer comes first");
+            live_picks += 1;
+            down_picks += targets.iter().filter(|p| p.id == NodeId(2)).count();
+        }
+        assert_eq!(live_picks, 200);
+        // Chance down / (live + 1) = 1/2.
+        assert!((60..=140).contains(&down_picks), "{down_picks}");
     }
 }

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::{ActorId, Body, ConflictPolicy, Context, HlcClock, Key, Record, Sibling};
-use ringkv_storage::{Engine, StorageError, SyncWait};
+use ringkv_core::{ActorId, Body, ConflictPolicy, Context, HlcClock, Key, NodeId, Record, Sibling};
+use ringkv_storage::{Engine, Hint, HintStats, StorageError, SyncWait};
 
 use crate::Clock;
 
@@ -59,6 +59,8 @@ pub enum NodeError {
          read it and write back with its version to resolve them"
     )]
     TooManySiblings { siblings: usize },
+    #[error("this node already holds {held_bytes} bytes of hints (max_hints_bytes = {max_bytes})")]
+    HintsFull { held_bytes: u64, max_bytes: u64 },
 }
 
 /// Most versions (siblings, tombstones included) a client write may leave on a key.
@@ -75,6 +77,8 @@ pub struct Node {
     hlc: Mutex<HlcClock>,
     actor: ActorId,
     policy: ConflictPolicy,
+    /// Most bytes of hints this node holds for others (`max_hints_bytes`).
+    max_hints_bytes: u64,
 }
 
 impl Node {
@@ -91,7 +95,15 @@ impl Node {
             hlc: Mutex::new(HlcClock::default()),
             actor,
             policy,
+            max_hints_bytes: u64::MAX,
         }
+    }
+
+    /// Caps the hints this node holds for others (`max_hints_bytes`).
+    #[must_use]
+    pub fn with_max_hints_bytes(mut self, max_bytes: u64) -> Node {
+        self.max_hints_bytes = max_bytes;
+        self
     }
 
     pub fn policy(&self) -> ConflictPolicy {
@@ -102,12 +114,82 @@ impl Node {
         self.clock.now_ms()
     }
 
-    /// The stored record of `key`, tombstones and expired versions included.
+    /// The stored record of `key`, tombstones and expired versions included, merged
+    /// with any hint this node holds for the key (so a read that reaches a hint
+    /// holder sees what it holds for others).
     ///
     /// # Errors
     /// Storage errors, including a corrupt stored record.
     pub fn read(&self, key: &Key) -> Result<Option<Record>, NodeError> {
+        let mut record = self.engine.get(key)?;
+        if self.engine.hint_stats().is_empty() {
+            return Ok(record);
+        }
+        for hint in self.engine.hints_for_key(key)? {
+            record
+                .get_or_insert_with(Record::default)
+                .sync(&hint.record);
+        }
+        Ok(record)
+    }
+
+    /// The stored record of `key` only (no hints): what this node holds as a replica.
+    ///
+    /// # Errors
+    /// Storage errors, including a corrupt stored record.
+    pub fn read_own(&self, key: &Key) -> Result<Option<Record>, NodeError> {
         Ok(self.engine.get(key)?)
+    }
+
+    /// Holds `record` for `target` as a hint; returns the barrier to wait on before
+    /// acknowledging. Refused past `max_hints_bytes`.
+    ///
+    /// # Errors
+    /// `HintsFull`; storage errors.
+    pub fn store_hint(
+        &self,
+        target: NodeId,
+        key: &Key,
+        record: &Record,
+    ) -> Result<SyncWait, NodeError> {
+        let held_bytes = self.engine.hint_stats().total().bytes;
+        if held_bytes >= self.max_hints_bytes {
+            metrics::counter!("ringkv_hints_refused_total").increment(1);
+            return Err(NodeError::HintsFull {
+                held_bytes,
+                max_bytes: self.max_hints_bytes,
+            });
+        }
+        self.engine
+            .hint_put(target, key, record, self.clock.now_ms())?;
+        metrics::counter!("ringkv_hints_stored_total").increment(1);
+        Ok(self.engine.sync())
+    }
+
+    /// `target`'s hints in token order after `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn hints(
+        &self,
+        target: NodeId,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, NodeError> {
+        Ok(self.engine.hint_scan(target, after, limit)?)
+    }
+
+    /// Forgets `hint` (handed off, or expired) unless it changed since it was read.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn forget_hint(&self, hint: &Hint) -> Result<bool, NodeError> {
+        Ok(self.engine.hint_remove(hint)?)
+    }
+
+    /// What hints this node holds, by target.
+    pub fn hint_stats(&self) -> HintStats {
+        self.engine.hint_stats()
     }
 
     /// Applies a write as a new version of its key.

@@ -42,6 +42,13 @@ impl From<NodeError> for PeerError {
             NodeError::Storage(StorageError::Corrupt { .. }) => PeerError::Corrupt {
                 message: error.to_string(),
             },
+            NodeError::HintsFull {
+                held_bytes,
+                max_bytes,
+            } => PeerError::HintsFull {
+                held_bytes,
+                max_bytes,
+            },
             NodeError::TtlOverflow { .. } | NodeError::TooManySiblings { .. } => {
                 PeerError::Invalid {
                     message: error.to_string(),
@@ -144,6 +151,29 @@ impl Node {
                     Ok(record) => ReplicaReply::now(PeerResponse::Record {
                         record: record.map(|record| Bytes::from(record.encode())),
                     }),
+                    Err(error) => ReplicaReply::error(error.into()),
+                }
+            }
+            PeerRequest::Hint {
+                target,
+                key,
+                record,
+            } => {
+                let key = match Key::from_stored(key) {
+                    Ok(key) => key,
+                    Err(error) => return ReplicaReply::error(invalid(format!("bad key: {error}"))),
+                };
+                let record = match Record::decode(&record) {
+                    Ok(record) => record,
+                    Err(error) => {
+                        return ReplicaReply::error(invalid(format!("bad record: {error}")));
+                    }
+                };
+                match self.store_hint(target, &key, &record) {
+                    Ok(durable) => ReplicaReply {
+                        response: PeerResponse::Ack,
+                        durable: Some(durable),
+                    },
                     Err(error) => ReplicaReply::error(error.into()),
                 }
             }

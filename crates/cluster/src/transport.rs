@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ringkv_core::NodeId;
@@ -76,7 +77,32 @@ pub trait Transport: Send + Sync + 'static {
     fn forget_failures(&self, _peer: NodeId) {}
 }
 
-/// Runs background work (read repair) that outlives the request that started it.
+/// Runs background work (read repair, hint placement) that outlives the request
+/// that started it, and blocking work (storage) off the async runtime.
 pub trait Spawn: Send + Sync + 'static {
     fn spawn(&self, task: BoxFuture<()>);
+
+    /// Runs `job` where it may block (storage calls); resolves once it ran. The
+    /// default runs it at once, inline: right for memory engines (tests, simulator).
+    fn blocking(&self, job: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()> {
+        job();
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Runs `job` through `spawn.blocking` and returns its result (`None` if the job
+/// was dropped without running: the runtime is shutting down).
+pub async fn offload<T: Send + 'static>(
+    spawn: &dyn Spawn,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let slot = Arc::new(Mutex::new(None));
+    let filled = slot.clone();
+    spawn
+        .blocking(Box::new(move || {
+            let result = job();
+            *filled.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        }))
+        .await;
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }

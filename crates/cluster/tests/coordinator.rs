@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_cluster::coordinator::{Coordinator, CoordinatorError, Settings};
-use ringkv_cluster::membership::Membership;
+use ringkv_cluster::handoff::{Handoff, HandoffSettings};
+use ringkv_cluster::membership::{Detector, Liveness, Membership};
 use ringkv_cluster::replica::decode_write;
 use ringkv_cluster::{
-    BoxFuture, ManualClock, Node, Peer, Spawn, Transport, TransportError, Write, WriteBody,
+    BoxFuture, Clock, ManualClock, Node, Peer, Spawn, Transport, TransportError, Write, WriteBody,
 };
 use ringkv_core::ring::{Ring, allocate_tokens};
 use ringkv_core::wire::{PeerRequest, PeerResponse};
@@ -89,7 +90,16 @@ impl Spawn for TokioSpawn {
 struct Cluster {
     network: Arc<Network>,
     nodes: BTreeMap<NodeId, Arc<TestNode>>,
+    clock: Arc<ManualClock>,
+    members: Vec<Member>,
 }
+
+/// Short thresholds: the tests move the clock by hand.
+const DETECTOR: Detector = Detector {
+    suspicion_ms: 1_000,
+    down_ms: 2_000,
+    permanent_ms: 60_000,
+};
 
 fn cluster(size: u64, replication_factor: u8) -> Cluster {
     let mut members = Vec::new();
@@ -100,6 +110,7 @@ fn cluster(size: u64, replication_factor: u8) -> Cluster {
         members.push(Member {
             id: NodeId(id),
             generation: 1,
+            heartbeat: 0,
             state: MemberState::Normal,
             peer_addr: format!("node-{id}"),
             http_addr: String::new(),
@@ -112,7 +123,7 @@ fn cluster(size: u64, replication_factor: u8) -> Cluster {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let mut nodes = BTreeMap::new();
     for member in &members {
-        let membership = Arc::new(Membership::new(member.clone()));
+        let membership = Arc::new(Membership::new(member.clone(), clock.clone(), DETECTOR));
         membership.merge(members.clone());
         let node = Arc::new(Node::new(
             Arc::new(MemoryEngine::new()),
@@ -138,7 +149,12 @@ fn cluster(size: u64, replication_factor: u8) -> Cluster {
         nodes.insert(member.id, test_node);
     }
     network.nodes.set(nodes.clone()).ok().unwrap();
-    Cluster { network, nodes }
+    Cluster {
+        network,
+        nodes,
+        clock,
+        members,
+    }
 }
 
 impl Cluster {
@@ -146,8 +162,62 @@ impl Cluster {
         self.nodes[&NodeId(id)].coordinator.get().unwrap().clone()
     }
 
+    /// What `id` holds as a replica (hints left out).
     fn local(&self, id: NodeId, key: &Key) -> Option<Record> {
-        self.nodes[&id].node.read(key).unwrap()
+        self.nodes[&id].node.read_own(key).unwrap()
+    }
+
+    /// Lets the down threshold pass with every node's heartbeat moving but those of
+    /// `silent` (as gossip would have it), so every other node sees them DOWN.
+    fn detect_down(&self, silent: &[NodeId]) {
+        self.clock.advance(DETECTOR.down_ms);
+        self.beat_all_but(silent);
+        for (id, node) in &self.nodes {
+            for down in silent.iter().filter(|down| *down != id) {
+                assert_eq!(node.membership.liveness(*down), Liveness::Down);
+            }
+        }
+    }
+
+    /// Heartbeat news of every node but `silent`, merged everywhere.
+    fn beat_all_but(&self, silent: &[NodeId]) {
+        let beat = self.clock.now_ms();
+        let news: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|member| !silent.contains(&member.id))
+            .map(|member| Member {
+                heartbeat: beat,
+                ..member.clone()
+            })
+            .collect();
+        for node in self.nodes.values() {
+            node.membership.merge(news.clone());
+        }
+    }
+
+    fn handoff(&self, id: NodeId) -> Handoff {
+        let node = &self.nodes[&id];
+        Handoff::new(
+            node.node.clone(),
+            node.membership.clone(),
+            self.network.clone(),
+            Arc::new(TokioSpawn),
+            HandoffSettings {
+                hint_ttl_ms: 10_000,
+                bytes_per_round: u64::MAX,
+                request_timeout: Duration::from_millis(500),
+            },
+        )
+    }
+
+    fn hints_for(&self, holder: NodeId, target: NodeId) -> u64 {
+        self.nodes[&holder]
+            .node
+            .hint_stats()
+            .by_target
+            .get(&target)
+            .map_or(0, |count| count.hints)
     }
 
     fn set_down(&self, id: NodeId, down: bool) {
@@ -359,4 +429,155 @@ async fn quorum_larger_than_the_cluster_is_unavailable() {
             write: true
         }
     );
+}
+
+/// A replica detected down: its copy goes to the first fallback as a hint, which
+/// counts toward W; a read finds it there; once the replica is back, handoff
+/// delivers it and forgets the hint.
+#[tokio::test]
+async fn sloppy_quorum_hints_a_fallback_and_handoff_delivers() {
+    let cluster = cluster(5, 3);
+    let list = cluster.coordinator(0).replicas(&key("k"));
+    let ring = cluster.nodes[&NodeId(0)].membership.ring();
+    let fallback = ring.preference_list(key("k").token(), 3).fallbacks()[0];
+    let down = list[2];
+    cluster.set_down(down, true);
+    cluster.detect_down(&[down]);
+
+    let coordinator = cluster.coordinator(list[0].0);
+    coordinator
+        .write(put("k", "v", Context::default()), 3, false)
+        .await
+        .unwrap();
+    assert_eq!(cluster.hints_for(fallback, down), 1);
+    assert!(
+        cluster.local(fallback, &key("k")).is_none(),
+        "a hint, not data"
+    );
+    assert!(cluster.local(down, &key("k")).is_none());
+    // r=3 reads through the fallback in place of the down replica.
+    let record = coordinator.read(&key("k"), 3).await.unwrap().unwrap();
+    assert_eq!(values(&record), ["v"]);
+
+    // Not handed off while the target is down.
+    let report = cluster.handoff(fallback).round().await;
+    assert_eq!(report.delivered, 0);
+    assert_eq!(cluster.hints_for(fallback, down), 1);
+
+    cluster.set_down(down, false);
+    cluster.beat_all_but(&[]);
+    let report = cluster.handoff(fallback).round().await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(cluster.hints_for(fallback, down), 0);
+    assert_eq!(
+        cluster.local(down, &key("k")),
+        cluster.local(list[0], &key("k"))
+    );
+}
+
+/// A replica that fails without being detected: W is met by the others, and the
+/// coordinator keeps a hint for it (the only node left in a 3-node cluster).
+#[tokio::test]
+async fn an_undetected_failure_leaves_a_hint_on_the_coordinator() {
+    let cluster = cluster(3, 3);
+    let list = cluster.coordinator(0).replicas(&key("k"));
+    let (me, missed) = (list[0], list[2]);
+    cluster.set_down(missed, true);
+    cluster
+        .coordinator(me.0)
+        .write(put("k", "v", Context::default()), 2, false)
+        .await
+        .unwrap();
+    // The hint is placed in the background once the failed call returns.
+    for _ in 0..100 {
+        if cluster.hints_for(me, missed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cluster.hints_for(me, missed), 1);
+    cluster.set_down(missed, false);
+    let report = cluster.handoff(me).round().await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(values(&cluster.local(missed, &key("k")).unwrap()), ["v"]);
+}
+
+/// A fallback over `max_hints_bytes` refuses; the coordinator keeps the hint but
+/// it does not count, so W=3 with one replica down fails, saying 2 of 3.
+#[tokio::test]
+async fn a_full_fallback_refuses_hints_and_they_do_not_count() {
+    let mut cluster = cluster(4, 3);
+    let list = cluster.coordinator(0).replicas(&key("k"));
+    let ring = cluster.nodes[&NodeId(0)].membership.ring();
+    let fallback = ring.preference_list(key("k").token(), 3).fallbacks()[0];
+    // Replace the fallback's node with one that takes no hints.
+    let full = Arc::new(TestNode {
+        node: Arc::new(
+            Node::new(
+                Arc::new(MemoryEngine::new()),
+                cluster.clock.clone(),
+                ActorId(999),
+                ConflictPolicy::Siblings,
+            )
+            .with_max_hints_bytes(0),
+        ),
+        membership: cluster.nodes[&fallback].membership.clone(),
+        coordinator: OnceLock::new(),
+    });
+    cluster.nodes.insert(fallback, full);
+    let network = Arc::new(Network::default());
+    network.nodes.set(cluster.nodes.clone()).ok().unwrap();
+    let coordinator = Arc::new(Coordinator::new(
+        cluster.nodes[&list[0]].membership.clone(),
+        network.clone(),
+        Arc::new(TokioSpawn),
+        Settings {
+            replication_factor: 3,
+            request_timeout: Duration::from_millis(500),
+        },
+    ));
+    let down = list[2];
+    network.down.lock().unwrap().push(down);
+    cluster.detect_down(&[down]);
+    let error = coordinator
+        .write(put("k", "v", Context::default()), 3, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        CoordinatorError::QuorumUnavailable {
+            acked: 2,
+            required: 3,
+            write: true
+        }
+    );
+    assert_eq!(cluster.hints_for(fallback, down), 0);
+    assert_eq!(
+        cluster.hints_for(list[0], down),
+        1,
+        "kept by the coordinator"
+    );
+}
+
+/// Hints older than `hint_ttl_ms` are dropped, not delivered.
+#[tokio::test]
+async fn expired_hints_are_dropped() {
+    let cluster = cluster(3, 3);
+    let list = cluster.coordinator(0).replicas(&key("k"));
+    let (me, missed) = (list[0], list[2]);
+    cluster.set_down(missed, true);
+    cluster.detect_down(&[missed]);
+    cluster
+        .coordinator(me.0)
+        .write(put("k", "v", Context::default()), 2, false)
+        .await
+        .unwrap();
+    assert_eq!(cluster.hints_for(me, missed), 1);
+    cluster.clock.advance(10_000);
+    cluster.set_down(missed, false);
+    cluster.beat_all_but(&[]);
+    let report = cluster.handoff(me).round().await;
+    assert_eq!((report.delivered, report.expired), (0, 1));
+    assert_eq!(cluster.hints_for(me, missed), 0);
+    assert!(cluster.local(missed, &key("k")).is_none());
 }

@@ -30,6 +30,9 @@ pub struct Member {
     /// Bumped on every start of the node, so news about a restarted node wins over
     /// news about its previous run.
     pub generation: u64,
+    /// Bumped by the node itself every gossip round: while it moves, the node lives.
+    /// Failure detectors watch it (DESIGN.md §6).
+    pub heartbeat: u64,
     pub state: MemberState,
     /// Internal RPC address (`peer_addr`).
     pub peer_addr: String,
@@ -44,8 +47,16 @@ pub struct Member {
 }
 
 impl Member {
-    /// Whether `self` is newer news about the same node than `other`.
+    /// Whether `self` is newer news about the same node than `other`: a later run,
+    /// a later heartbeat of the same run, or (same beat) a later state.
     pub fn supersedes(&self, other: &Member) -> bool {
-        (self.generation, self.state) > (other.generation, other.state)
+        (self.generation, self.heartbeat, self.state)
+            > (other.generation, other.heartbeat, other.state)
+    }
+
+    /// Whether `self` places the node on the ring differently from `other` (the
+    /// ring must be recomputed), as opposed to a mere heartbeat or address change.
+    pub fn moves_ring(&self, other: &Member) -> bool {
+        self.state != other.state || self.vnodes != other.vnodes || self.tokens != other.tokens
     }
 }

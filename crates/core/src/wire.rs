@@ -8,10 +8,10 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::member::Member;
+use crate::member::{Member, NodeId};
 
 /// Version of the peer protocol; a handshake with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A client write as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,14 +42,23 @@ pub enum PeerRequest {
     Read { key: Bytes },
     /// Membership: "here is what I know"; answered with what the receiver knows.
     Members { members: Vec<Member> },
+    /// Hold this record for `target`, which could not take it (sloppy quorum);
+    /// answered with `Ack` once the hint is durable, or `HintsFull`.
+    Hint {
+        target: NodeId,
+        key: Bytes,
+        record: Bytes,
+    },
 }
 
 /// An answer to a `PeerRequest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
-    /// `Coordinate` succeeded: the version the client gets back (`Context::to_bytes`).
+    /// `Coordinate` succeeded: the version the client gets back (`Context::to_bytes`),
+    /// and how many acks were hints for replicas detected down.
     Written {
         version: Bytes,
+        hinted: u8,
     },
     /// `Update` applied and durable: the record now stored and the writer's version.
     Updated {
@@ -79,4 +88,6 @@ pub enum PeerError {
     Invalid { message: String },
     /// Storage or anything else failed on the peer.
     Internal { message: String },
+    /// The receiver already holds `max_bytes` of hints and takes no more.
+    HintsFull { held_bytes: u64, max_bytes: u64 },
 }

@@ -171,8 +171,8 @@ keys! {
     permanent_failure_threshold_ms: u64 = 600_000, MS, "MS";
     /// How long a hint is kept [default: 10800000, 3 hours].
     hint_ttl_ms: u64 = 10_800_000, MS, "MS";
-    /// Cap on queued hints, e.g. 10GB or 512MiB [default: 10GB].
-    max_hints_bytes: u64 = 10_000_000_000, Num::size(MAX_SIZE), "SIZE";
+    /// Cap on the hints this node holds for others, e.g. 10GB or 512MiB; 0 takes none [default: 10GB].
+    max_hints_bytes: u64 = 10_000_000_000, Num::size_from(0, MAX_SIZE), "SIZE";
     /// Cap on bootstrap and re-replication streaming [default: 50MB].
     streaming_bytes_per_sec: u64 = 50_000_000, Num::size(MAX_SIZE), "SIZE";
     /// Period of Merkle-tree anti-entropy rounds [default: 60000].

@@ -85,25 +85,35 @@ fn members_json(app: &AppState, describe: impl Fn(&Member, f64) -> Value) -> Vec
         .collect()
 }
 
+/// Every known node as this node sees it: its failure detector's verdict, and the
+/// hints this node holds for it (`hints_queued`, `hint_bytes`).
 async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let membership = app.coordinator.membership();
+    let hints = app.node.hint_stats();
     let nodes = members_json(&app, |member, ownership| {
+        let queued = hints.by_target.get(&member.id).copied().unwrap_or_default();
         json!({
             "id": member.id.0,
             "http_addr": member.http_addr,
             "resp_addr": member.resp_addr,
             "peer_addr": member.peer_addr,
             "status": match member.state {
-                MemberState::Normal => "healthy",
+                MemberState::Normal => membership.liveness(member.id).as_str(),
                 MemberState::Left => "left",
             },
             "generation": member.generation,
+            "heartbeat": member.heartbeat,
             "vnodes": member.vnodes,
             "ownership": ownership,
-            "hints_queued": 0,
+            "hints_queued": queued.hints,
+            "hint_bytes": queued.bytes,
         })
     });
+    let held = hints.total();
     Json(json!({
         "node_id": app.node_id,
+        "hints_held": held.hints,
+        "hint_bytes_held": held.bytes,
         "replication_factor": app.replication_factor,
         "read_quorum": app.read_quorum,
         "write_quorum": app.write_quorum,

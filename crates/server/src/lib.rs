@@ -26,8 +26,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ringkv_cluster::coordinator::{Coordinator, Settings};
-use ringkv_cluster::membership::Membership;
-use ringkv_cluster::{Clock, Node, Peer, TransportError};
+use ringkv_cluster::handoff::{Handoff, HandoffSettings};
+use ringkv_cluster::membership::{Detector, Membership};
+use ringkv_cluster::{Clock, Node, Peer, Spawn, TransportError};
 use ringkv_core::ring::allocate_tokens;
 use ringkv_core::{Limits, Member, MemberState, NodeId};
 use ringkv_storage::{Engine, FjallEngine, FjallOptions};
@@ -71,6 +72,12 @@ impl Clock for SystemClock {
             .map_or(0, |elapsed| {
                 u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
             })
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+        u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -141,15 +148,19 @@ impl Server {
                 source,
             })?;
 
-        let node = Arc::new(Node::new(
-            engine.clone() as Arc<dyn Engine>,
-            Arc::new(SystemClock),
-            identity.actor,
-            config.conflict_policy,
-        ));
+        let node = Arc::new(
+            Node::new(
+                engine.clone() as Arc<dyn Engine>,
+                Arc::new(SystemClock),
+                identity.actor,
+                config.conflict_policy,
+            )
+            .with_max_hints_bytes(config.max_hints_bytes),
+        );
         let mut member = Member {
             id: me,
             generation,
+            heartbeat: 0,
             state: MemberState::Normal,
             peer_addr: peer_addr.to_string(),
             http_addr: http_addr.to_string(),
@@ -157,15 +168,27 @@ impl Server {
             vnodes: config.vnodes,
             tokens: stored_tokens.clone().unwrap_or_default(),
         };
-        let membership = Arc::new(Membership::new(member.clone()));
+        let membership = Arc::new(Membership::new(
+            member.clone(),
+            Arc::new(SystemClock),
+            Detector {
+                suspicion_ms: config.suspicion_threshold_ms,
+                down_ms: config.down_threshold_ms,
+                permanent_ms: config.permanent_failure_threshold_ms,
+            },
+        ));
         // Few threads drain replica work in batches; see `blocking` (measured: on two
         // cores one thread per node beat two by a third in throughput and p99).
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get() / 2)
             .clamp(1, 8);
+        let storage = blocking::BlockingPool::new("ringkv-storage", threads);
+        let spawner: Arc<dyn Spawn> = Arc::new(peer::TokioSpawn {
+            storage: storage.clone(),
+        });
         let service = Arc::new(peer::PeerService {
             node: node.clone(),
-            storage: blocking::BlockingPool::new("ringkv-storage", threads),
+            storage,
             membership: membership.clone(),
             coordinator: OnceLock::new(),
         });
@@ -256,7 +279,7 @@ impl Server {
         let coordinator = Arc::new(Coordinator::new(
             membership.clone(),
             transport.clone(),
-            Arc::new(peer::TokioSpawn),
+            spawner.clone(),
             Settings {
                 replication_factor: config.replication_factor,
                 request_timeout: timeout,
@@ -265,14 +288,27 @@ impl Server {
         if service.coordinator.set(coordinator.clone()).is_err() {
             unreachable!("the coordinator is set once, here");
         }
+        let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         tasks.spawn(gossip(
             membership.clone(),
             transport.clone(),
             seeds,
-            Duration::from_millis(config.gossip_interval_ms),
+            gossip_interval,
             timeout,
             shutdown.clone(),
         ));
+        let handoff = Handoff::new(
+            node.clone(),
+            membership.clone(),
+            transport.clone(),
+            spawner,
+            HandoffSettings {
+                hint_ttl_ms: config.hint_ttl_ms,
+                bytes_per_round: bytes_per_round(config.streaming_bytes_per_sec, gossip_interval),
+                request_timeout: timeout,
+            },
+        );
+        tasks.spawn(handoff_loop(handoff, gossip_interval, shutdown.clone()));
 
         let metrics = metrics::handle();
         let state = Arc::new(http::AppState {
@@ -404,8 +440,32 @@ async fn open_engine(config: &Config) -> Result<Arc<FjallEngine>, StartError> {
     Ok(Arc::new(engine))
 }
 
-/// Exchanges membership tables with one member per round, and every tenth round
-/// with a seed too (so a node cut off from every member finds its way back).
+/// The handoff budget of one round of `interval` at `bytes_per_sec` (at least one
+/// hint's worth: a round always sends something).
+fn bytes_per_round(bytes_per_sec: u64, interval: Duration) -> u64 {
+    let per_round = u128::from(bytes_per_sec) * interval.as_millis() / 1000;
+    u64::try_from(per_round).unwrap_or(u64::MAX).max(1)
+}
+
+/// Hands hints back to their healthy targets, one round per `interval`.
+async fn handoff_loop(handoff: Handoff, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = handoff.round() => {}
+        }
+    }
+}
+
+/// One gossip round per interval (`Membership::gossip_round`), and every tenth
+/// round an exchange with a seed too (so a node cut off from every member finds its
+/// way back).
 async fn gossip(
     membership: Arc<Membership>,
     transport: Arc<rpc::TcpTransport>,
@@ -421,11 +481,7 @@ async fn gossip(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(peer) = membership.gossip_target() {
-            let _ = membership
-                .exchange(transport.as_ref(), &peer, timeout)
-                .await;
-        }
+        membership.gossip_round(transport.as_ref(), timeout).await;
         if !seeds.is_empty() && round % 10 == 0 {
             let seed = &seeds[usize::try_from(round / 10).unwrap_or(0) % seeds.len()];
             let _ = membership.exchange(transport.as_ref(), seed, timeout).await;

@@ -13,12 +13,21 @@ use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse};
 
 use crate::rpc::PeerHandler;
 
-/// Background work on the tokio runtime.
-pub struct TokioSpawn;
+/// Background work on the tokio runtime; blocking work on the storage pool.
+pub struct TokioSpawn {
+    pub storage: Arc<crate::blocking::BlockingPool>,
+}
 
 impl Spawn for TokioSpawn {
     fn spawn(&self, task: BoxFuture<()>) {
         tokio::spawn(task);
+    }
+
+    fn blocking(&self, job: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()> {
+        let storage = self.storage.clone();
+        Box::pin(async move {
+            storage.run(job).await;
+        })
     }
 }
 
@@ -96,6 +105,7 @@ impl PeerHandler for PeerService {
             }
             request @ (PeerRequest::Update { .. }
             | PeerRequest::Replicate { .. }
+            | PeerRequest::Hint { .. }
             | PeerRequest::Read { .. }) => {
                 let (node, storage) = (self.node.clone(), self.storage.clone());
                 Box::pin(async move {

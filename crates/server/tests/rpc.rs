@@ -242,6 +242,7 @@ async fn rpc_call_round_trips_to_the_listener_handler() {
         let member = Member {
             id: NodeId(3),
             generation: 4,
+            heartbeat: 0,
             state: MemberState::Normal,
             peer_addr: "127.0.0.1:7080".into(),
             http_addr: "127.0.0.1:8080".into(),
@@ -351,9 +352,12 @@ async fn rpc_protocol_version_mismatch_is_refused() {
         let node = Node::start("127.0.0.1:0", 2, None, RpcOptions::default()).await;
         let mut stream = TcpStream::connect(node.addr).await.unwrap();
         let _: Challenge = receive(&mut stream).await;
-        send(&mut stream, &hello(2)).await;
+        send(&mut stream, &hello(PROTOCOL_VERSION + 1)).await;
         let verdict: Verdict = receive(&mut stream).await;
-        let reason = format!("protocol version 2, expected {PROTOCOL_VERSION}");
+        let reason = format!(
+            "protocol version {}, expected {PROTOCOL_VERSION}",
+            PROTOCOL_VERSION + 1
+        );
         assert_eq!(
             verdict,
             Verdict::Refused {
@@ -364,7 +368,7 @@ async fn rpc_protocol_version_mismatch_is_refused() {
         node.stop().await;
 
         let challenge = Challenge {
-            protocol_version: 2,
+            protocol_version: PROTOCOL_VERSION + 1,
             nonce: [0; 32],
         };
         let (peer, running) = impostor(challenge).await;

@@ -237,6 +237,7 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
         },
         request @ (PeerRequest::Update { .. }
         | PeerRequest::Replicate { .. }
+        | PeerRequest::Hint { .. }
         | PeerRequest::Read { .. }) => {
             let reply = target.node.handle_replica(request);
             let durable = reply.durable.is_some();
@@ -285,6 +286,13 @@ fn describe_request(request: &PeerRequest) -> String {
         PeerRequest::Sync => "Sync".into(),
         PeerRequest::Read { key } => format!("Read {}", key_name(key)),
         PeerRequest::Members { members } => format!("Members ({})", members.len()),
+        PeerRequest::Hint {
+            target,
+            key,
+            record,
+        } => {
+            format!("Hint for {target} {} ({} B)", key_name(key), record.len())
+        }
     }
 }
 
@@ -296,7 +304,9 @@ fn describe_response(response: &PeerResponse) -> String {
         PeerResponse::Updated { record, version } => {
             format!("Updated ({} B) {}", record.len(), show_version(version))
         }
-        PeerResponse::Written { version } => format!("Written {}", show_version(version)),
+        PeerResponse::Written { version, hinted } => {
+            format!("Written {} hinted={hinted}", show_version(version))
+        }
         PeerResponse::Ack => "Ack".into(),
         PeerResponse::Error(error) => format!("Error {error:?}"),
     }

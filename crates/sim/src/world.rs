@@ -9,7 +9,7 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use ringkv_cluster::coordinator::{Coordinator, Settings};
-use ringkv_cluster::membership::Membership;
+use ringkv_cluster::membership::{Detector, Membership};
 use ringkv_cluster::{BoxFuture, ManualClock, Node};
 use ringkv_core::ring::{Ring, allocate_tokens};
 use ringkv_core::{ActorId, ConflictPolicy, Member, MemberState, NodeId};
@@ -63,6 +63,7 @@ impl World {
             members.push(Member {
                 id,
                 generation: 1,
+                heartbeat: 0,
                 state: MemberState::Normal,
                 peer_addr: format!("n{index}"),
                 http_addr: String::new(),
@@ -112,7 +113,11 @@ impl World {
         } else {
             ActorId(((index as u64) << 32) | incarnation)
         };
-        let membership = Arc::new(Membership::new(self.members[index].clone()));
+        let membership = Arc::new(Membership::new(
+            self.members[index].clone(),
+            self.clocks[index].clone(),
+            Detector::NEVER,
+        ));
         membership.merge(self.members.clone());
         let node = Arc::new(Node::new(
             self.engines[index].clone(),

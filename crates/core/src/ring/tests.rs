@@ -242,6 +242,7 @@ fn members_that_left_are_not_on_the_ring() {
     let member = |id: u64, state: MemberState, token: u128| Member {
         id: NodeId(id),
         generation: 1,
+        heartbeat: 0,
         state,
         peer_addr: String::new(),
         http_addr: String::new(),

@@ -59,8 +59,11 @@ impl Num {
         }
     }
     pub(super) const fn size(max: u64) -> Num {
+        Num::size_from(1, max)
+    }
+    pub(super) const fn size_from(min: u64, max: u64) -> Num {
         Num {
-            min: 1,
+            min,
             max,
             size: true,
         }

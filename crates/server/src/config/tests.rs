@@ -211,6 +211,10 @@ fn sizes_accept_integers_and_units() {
     );
     let config = load_with(&["--max-key-bytes", "32KiB"], &[], "").unwrap();
     assert_eq!(config.max_key_bytes, 32768);
+    // 0 hints is a choice (no hinted handoff); 0 streaming is not.
+    let config = load_with(&["--max-hints-bytes", "0"], &[], "").unwrap();
+    assert_eq!(config.max_hints_bytes, 0);
+    assert!(load_with(&["--streaming-bytes-per-sec", "0"], &[], "").is_err());
 }
 
 #[test]
