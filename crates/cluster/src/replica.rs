@@ -61,6 +61,13 @@ impl From<NodeError> for PeerError {
     }
 }
 
+/// Decodes a key and a record that came over the wire.
+fn key_and_record(key: Bytes, record: &[u8]) -> Result<(Key, Record), PeerError> {
+    let key = Key::from_stored(key).map_err(|error| invalid(format!("bad key: {error}")))?;
+    let record = Record::decode(record).map_err(|error| invalid(format!("bad record: {error}")))?;
+    Ok((key, record))
+}
+
 /// Decodes a write that came over the wire.
 ///
 /// # Errors
@@ -120,15 +127,9 @@ impl Node {
                 }
             }
             PeerRequest::Replicate { key, record } => {
-                let key = match Key::from_stored(key) {
-                    Ok(key) => key,
-                    Err(error) => return ReplicaReply::error(invalid(format!("bad key: {error}"))),
-                };
-                let record = match Record::decode(&record) {
-                    Ok(record) => record,
-                    Err(error) => {
-                        return ReplicaReply::error(invalid(format!("bad record: {error}")));
-                    }
+                let (key, record) = match key_and_record(key, &record) {
+                    Ok(decoded) => decoded,
+                    Err(error) => return ReplicaReply::error(error),
                 };
                 match self.replicate(&key, &record) {
                     Ok(durable) => ReplicaReply {
@@ -159,15 +160,9 @@ impl Node {
                 key,
                 record,
             } => {
-                let key = match Key::from_stored(key) {
-                    Ok(key) => key,
-                    Err(error) => return ReplicaReply::error(invalid(format!("bad key: {error}"))),
-                };
-                let record = match Record::decode(&record) {
-                    Ok(record) => record,
-                    Err(error) => {
-                        return ReplicaReply::error(invalid(format!("bad record: {error}")));
-                    }
+                let (key, record) = match key_and_record(key, &record) {
+                    Ok(decoded) => decoded,
+                    Err(error) => return ReplicaReply::error(error),
                 };
                 match self.store_hint(target, &key, &record) {
                     Ok(durable) => ReplicaReply {
