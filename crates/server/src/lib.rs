@@ -271,10 +271,24 @@ impl Server {
                 .map_err(|error| StartError::Task(error.to_string()))??;
         }
         membership.update_me(member);
-        // Tell the seeds (and through them everyone) about this node and its tokens.
-        for seed in &seeds {
-            let _ = membership.exchange(transport.as_ref(), seed, timeout).await;
+        // Tell the seeds and every member learnt from them about this run (its new
+        // generation, its tokens), all at once: each sees it healthy again at once
+        // instead of after a few gossip rounds.
+        let mut announce = JoinSet::new();
+        let others = membership.members().into_iter().filter(|m| m.id != me);
+        let peers = seeds.iter().cloned().chain(others.map(|m| Peer {
+            id: m.id,
+            addr: m.peer_addr,
+        }));
+        for peer in peers {
+            let (membership, transport) = (membership.clone(), transport.clone());
+            announce.spawn(async move {
+                let _ = membership
+                    .exchange(transport.as_ref(), &peer, timeout)
+                    .await;
+            });
         }
+        announce.join_all().await;
 
         let coordinator = Arc::new(Coordinator::new(
             membership.clone(),
@@ -481,7 +495,11 @@ async fn gossip(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        membership.gossip_round(transport.as_ref(), timeout).await;
+        // A round's exchanges wait at most one interval: a paused peer must not
+        // hold up the heartbeats the others spread.
+        membership
+            .gossip_round(transport.as_ref(), timeout.min(interval))
+            .await;
         if !seeds.is_empty() && round % 10 == 0 {
             let seed = &seeds[usize::try_from(round / 10).unwrap_or(0) % seeds.len()];
             let _ = membership.exchange(transport.as_ref(), seed, timeout).await;

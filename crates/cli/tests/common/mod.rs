@@ -152,8 +152,14 @@ impl Cluster {
 
     /// Waits (bounded) until every running node lists `size` members.
     pub async fn wait_for_members(&self, size: usize) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.wait_for_members_on(&all, size).await;
+    }
+
+    /// Waits (bounded) until each node of `indices` lists `size` members.
+    pub async fn wait_for_members_on(&self, indices: &[usize], size: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        for index in 0..self.nodes.len() {
+        for &index in indices {
             loop {
                 let status = self
                     .client
@@ -233,8 +239,16 @@ impl Cluster {
         self.nodes[index].signal(Signal::Kill);
     }
 
-    /// Restarts a killed node on its old addresses and data directory.
+    /// Restarts a killed node on its old addresses and data directory, and waits
+    /// until every node lists every member.
     pub async fn restart(&mut self, index: usize) {
+        self.restart_alone(index);
+        self.wait_for_members(self.nodes.len()).await;
+    }
+
+    /// Restarts a killed node like `restart`, waiting only for its start-up line
+    /// (other nodes may be paused).
+    pub fn restart_alone(&mut self, index: usize) {
         let old = &self.nodes[index];
         let (ip, dir, node_id) = (old.ip.clone(), old.dir.clone(), old.node_id);
         let mut extra = old.extra.clone();
@@ -245,7 +259,6 @@ impl Cluster {
             old.peer_addr.clone(),
         ]);
         self.nodes[index] = NodeProcess::spawn(node_id, &ip, &dir, &extra);
-        self.wait_for_members(self.nodes.len()).await;
     }
 
     pub async fn stop(self) {
