@@ -11,6 +11,7 @@
 //! * `record`: `Record` (siblings of a key), `Sibling`, `Body`, `ReadView`, `ConflictPolicy`.
 //! * `codec`: the stored record format and the client version token.
 //! * `member`: `NodeId`, `Member` (what nodes tell each other about a node).
+//! * `merkle`: `RangeTree` / `Forest`, XOR Merkle trees over token ranges (anti-entropy).
 //! * `ring`: `Ring` (vnode tokens → `PreferenceList`, ranges, ownership) and
 //!   `allocate_tokens` (balanced tokens for a joining node).
 //! * `wire`: `PeerRequest` / `PeerResponse`, the messages of the internal RPC.
@@ -23,6 +24,7 @@ pub mod dvv;
 pub mod hlc;
 pub mod key;
 pub mod member;
+pub mod merkle;
 pub mod record;
 pub mod ring;
 pub mod token;
