@@ -287,6 +287,42 @@ impl Ring {
         ranges
     }
 
+    /// Every vnode arc for which `node` is one of the first `n` replicas, each with
+    /// its replicas, not merged (so two nodes with the same ring agree on every arc
+    /// they share: the unit of anti-entropy). The arc across 2^128 → 0 comes back as
+    /// two arcs with the same replicas. Empty when `node` is not on the ring.
+    pub fn arcs(&self, node: NodeId, n: usize) -> Vec<(TokenRange, Vec<NodeId>)> {
+        if self.nodes.binary_search(&node).is_err() || n == 0 {
+            return Vec::new();
+        }
+        let mut arcs = Vec::new();
+        let last = self.tokens.len() - 1;
+        let range = |start: u128, end: u128| TokenRange {
+            start: Token(start),
+            end: Token(end),
+        };
+        for index in 0..=last {
+            let list = self.preference_list(self.tokens[index], n);
+            if !list.is_replica(node) {
+                continue;
+            }
+            let replicas = list.replicas().to_vec();
+            if index == 0 {
+                arcs.push((range(0, self.tokens[0].0), replicas.clone()));
+                if self.tokens[last] < Token::MAX {
+                    arcs.push((range(self.tokens[last].0 + 1, u128::MAX), replicas));
+                }
+            } else if self.tokens[index - 1] < self.tokens[index] {
+                arcs.push((
+                    range(self.tokens[index - 1].0 + 1, self.tokens[index].0),
+                    replicas,
+                ));
+            }
+        }
+        arcs.sort_by_key(|(range, _)| range.start);
+        arcs
+    }
+
     /// Each node's share of the token space as primary owner (the sum of its arcs over
     /// 2^128). The shares sum to 1 (up to rounding); empty for an empty ring.
     pub fn ownership(&self) -> BTreeMap<NodeId, f64> {

@@ -396,6 +396,38 @@ proptest! {
         }
     }
 
+    /// A node's arcs cover exactly its ranges, each arc with the replicas every token
+    /// in it has, and nodes sharing an arc see the same arc.
+    #[test]
+    fn arcs_cover_the_ranges_with_their_replicas(
+        ring in small_rings(),
+        n in 1usize..5,
+        random in prop::collection::vec(any::<u128>(), 8),
+    ) {
+        for node in ring.nodes() {
+            let arcs = ring.arcs(node, n);
+            prop_assert!(arcs.windows(2).all(|pair| pair[0].0.end < pair[1].0.start));
+            let covered: u128 = arcs.iter().map(|(r, _)| r.end.0 - r.start.0).sum::<u128>()
+                .wrapping_add(arcs.len() as u128);
+            let ranged: u128 = ring.ranges(node, n).iter().map(|r| r.end.0 - r.start.0).sum::<u128>()
+                .wrapping_add(ring.ranges(node, n).len() as u128);
+            prop_assert_eq!(covered, ranged);
+            for (arc, replicas) in &arcs {
+                for token in [arc.start, arc.end] {
+                    let list = ring.preference_list(token, n);
+                    prop_assert_eq!(list.replicas(), replicas.as_slice());
+                }
+                for other in replicas {
+                    prop_assert!(ring.arcs(*other, n).iter().any(|(a, _)| a == arc));
+                }
+            }
+            for probe in &random {
+                let in_arcs = arcs.iter().any(|(arc, _)| arc.contains(Token(*probe)));
+                prop_assert_eq!(in_arcs, ring.preference_list(Token(*probe), n).is_replica(node));
+            }
+        }
+    }
+
     /// Any ring, any weights: the tokens are as many as asked, sorted, new, and the
     /// same for the same inputs.
     #[test]
