@@ -2,8 +2,8 @@
 //! [--ops OPS_PER_CLIENT] [--drop PER_MILLE] [--crash-after-ack PER_MILLE]` runs seeds on every core and
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
-//! `--canary-durable` / `--canary-apply` / `--canary-actor` plant a known bug
-//! (see `Canary`).
+//! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` plant
+//! a known bug (see `Canary`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -66,6 +66,7 @@ fn parse() -> Result<Args, String> {
             "--canary-durable" => args.canary = Canary::AckBeforeDurable,
             "--canary-apply" => args.canary = Canary::AckWithoutApplying,
             "--canary-actor" => args.canary = Canary::ReuseActorAfterCrash,
+            "--canary-context" => args.canary = Canary::IgnoreWriteContext,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -112,14 +113,19 @@ fn replay(seed: u64, args: &Args) -> ExitCode {
     }
 }
 
+/// Violations printed per failing seed: the first ones say what went wrong, a
+/// planted bug can cause thousands.
+const MAX_SHOWN_VIOLATIONS: usize = 20;
+
 fn summary(report: &Report, nodes: usize) {
     // Write errors (a closed pipe) are ignored: the exit status still tells.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seed {} nodes {nodes}: {} requests ({} writes acked, {} failed), {} virtual ms, \
+        "seed {} nodes {nodes} {:?}: {} requests ({} writes acked, {} failed), {} virtual ms, \
          {} steps, fingerprint {:016x}",
         report.seed,
+        report.policy,
         report.history.len(),
         report.acked_writes(),
         report.failed(),
@@ -127,8 +133,13 @@ fn summary(report: &Report, nodes: usize) {
         report.steps,
         report.fingerprint
     );
-    for violation in &report.violations {
+    for violation in report.violations.iter().take(MAX_SHOWN_VIOLATIONS) {
         let _ = writeln!(out, "  VIOLATION {violation}");
+    }
+    if let Some(more) = report.violations.len().checked_sub(MAX_SHOWN_VIOLATIONS)
+        && more > 0
+    {
+        let _ = writeln!(out, "  ... and {more} more violations");
     }
 }
 
