@@ -35,7 +35,7 @@ pub use fjall_engine::{FjallEngine, FjallOptions, JournalSync};
 pub use group_commit::{MAX_QUEUED_SYNCS, SyncStats};
 pub use memory::MemoryEngine;
 pub use storage_key::MAX_STORED_KEY_BYTES;
-pub use sync_wait::SyncWait;
+pub use sync_wait::{SyncSignal, SyncWait};
 
 use ringkv_core::{Key, Record, TokenRange};
 
