@@ -37,7 +37,7 @@ pub struct SimNode {
     pub membership: Arc<Membership>,
     pub coordinator: Arc<Coordinator>,
     pub actor: ActorId,
-    /// The node's disk: answers wait until it has flushed.
+    /// The node's disk (outlives the incarnation).
     pub disk: Arc<SimDisk>,
     pub sim: Arc<Sim>,
 }
@@ -346,37 +346,29 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
             Ok(write) => target.coordinator.on_coordinate(write, required).await,
             Err(error) => PeerResponse::Error(error),
         },
-        PeerRequest::Sync => match target.node.sync().await {
-            Ok(()) => {
-                wait_durable(target, canary).await;
-                PeerResponse::Ack
+        // The `AckBeforeDurable` canary answers without awaiting the barrier.
+        PeerRequest::Sync => {
+            let barrier = target.node.sync();
+            if canary == Canary::AckBeforeDurable {
+                return PeerResponse::Ack;
             }
-            Err(error) => internal(format!("sync failed: {error}")),
-        },
+            match barrier.await {
+                Ok(()) => PeerResponse::Ack,
+                Err(error) => internal(format!("sync failed: {error}")),
+            }
+        }
         request @ (PeerRequest::Update { .. }
         | PeerRequest::Replicate { .. }
         | PeerRequest::Read { .. }) => {
             let reply = target.node.handle_replica(request);
-            let durable = reply.durable.is_some();
             if let Some(durable) = reply.durable
+                && canary != Canary::AckBeforeDurable
                 && let Err(error) = durable.await
             {
                 return internal(format!("write applied but not durable: {error}"));
             }
-            if durable {
-                wait_durable(target, canary).await;
-            }
             reply.response
         }
-    }
-}
-
-/// Waits for the disk flush that covers what the node applied so far; the
-/// `AckBeforeDurable` canary skips it.
-async fn wait_durable(target: &SimNode, canary: Canary) {
-    if canary != Canary::AckBeforeDurable {
-        let at = target.disk.durable_at();
-        target.sim.sleep_until(at).await;
     }
 }
 
