@@ -26,14 +26,16 @@ fn shown(record: &Record, policy: ConflictPolicy, now_ms: u64) -> Vec<(Dot, &Sib
         .collect()
 }
 
-/// Whether some applied write hides `write` from a reader: it superseded it, or
-/// under LWW it is newer by (HLC timestamp, dot), the order reads resolve by.
-fn hidden(facts: &Facts, key: usize, write: &Applied) -> bool {
+/// Whether a newer write hides `write` from a reader of `record`: an applied write
+/// superseded it, or under LWW the record holds a version newer by (HLC timestamp,
+/// dot), the order reads resolve by. (A newer write applied somewhere but lost is
+/// no excuse.)
+fn hidden(facts: &Facts, key: usize, write: &Applied, record: &Record) -> bool {
     facts.superseded(key, write.dot)
         || facts.policy == ConflictPolicy::Lww
-            && facts
-                .applied_to(key)
-                .any(|other| (other.sibling.hlc, other.dot) > (write.sibling.hlc, write.dot))
+            && record
+                .siblings()
+                .any(|(dot, other)| (other.hlc, dot) > (write.sibling.hlc, write.dot))
 }
 
 /// Reads show acked values. For a get with `r + w > N` that started after a write
@@ -41,9 +43,10 @@ fn hidden(facts: &Facts, key: usize, write: &Applied) -> bool {
 /// write):
 /// * it shows no version that write superseded (a dot in its version);
 /// * if the write is a put, it shows its value, unless the value expired by the
-///   reading node's clock, or another applied write hides it: one that superseded
-///   it or, under LWW, one with a higher (HLC, dot). So under LWW no acked write
-///   vanishes while no newer write exists, and an expired value is never "lost".
+///   reading node's clock, or a newer write hides it: an applied write that
+///   superseded it or, under LWW, a version in the read's record with a higher
+///   (HLC, dot). So under LWW no acked write vanishes while no newer write exists,
+///   and an expired value is never "lost".
 pub fn reads_show_acked_values(facts: &Facts, observations: &[Observation]) -> Vec<String> {
     let mut violations = Vec::new();
     for (write, version, _) in facts.acked() {
@@ -89,7 +92,7 @@ pub fn reads_show_acked_values(facts: &Facts, observations: &[Observation]) -> V
                 .sibling
                 .expires_at_ms
                 .is_some_and(|at| at <= read.now_ms);
-            if expired || hidden(facts, key, applied) {
+            if expired || hidden(facts, key, applied, &record) {
                 continue;
             }
             violations.push(format!(
@@ -173,14 +176,13 @@ mod tests {
 
     #[test]
     fn under_lww_the_newest_value_must_show_unless_expired() {
-        // Without the newer write b, nothing excuses a read that shows nothing.
-        let (mut history, mut truth) = two_concurrent_puts(None, 0);
+        // A read whose record lost "a" and holds only an older value: nothing
+        // excuses it, not even the newer b, applied (unacked) but not in the record.
+        let (mut history, truth) = two_concurrent_puts(None, 0);
         history.remove(1);
-        truth.remove(1);
         let mut lone = Record::default();
         lone.update(&Context::default(), ActorId(7), sibling("x", 1));
         if let Outcome::Read { record, .. } = &mut history[1].outcome {
-            // A record that lost "a" (and holds only some value nobody acked).
             *record = Some(lone);
         }
         let facts = Facts::new(&history, &truth, &[key()], ConflictPolicy::Lww, 3);
