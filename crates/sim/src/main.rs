@@ -2,8 +2,8 @@
 //! [--ops OPS_PER_CLIENT] [--drop PER_MILLE] [--crash-after-ack PER_MILLE]` runs seeds on every core and
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
-//! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` plant
-//! a known bug (see `Canary`).
+//! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
+//! `--canary-version` plant a known bug (see `Canary`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -67,6 +67,7 @@ fn parse() -> Result<Args, String> {
             "--canary-apply" => args.canary = Canary::AckWithoutApplying,
             "--canary-actor" => args.canary = Canary::ReuseActorAfterCrash,
             "--canary-context" => args.canary = Canary::IgnoreWriteContext,
+            "--canary-version" => args.canary = Canary::ForgetSentVersion,
             other => return Err(format!("unknown argument {other}")),
         }
     }

@@ -327,6 +327,31 @@ fn update_ignoring_context(target: &SimNode, write: WireWrite) -> PeerResponse {
     }
 }
 
+/// The `ForgetSentVersion` canary: applied right, answered with only the new dot.
+fn update_forgetting_sent_version(target: &SimNode, write: WireWrite) -> PeerResponse {
+    match target
+        .node
+        .handle_replica(PeerRequest::Update { write })
+        .response
+    {
+        PeerResponse::Updated { record, version } => {
+            let version = Version::from_bytes(&version).unwrap_or_default();
+            let own = Version::from_parts(
+                [],
+                [ringkv_core::Dot {
+                    actor: target.actor,
+                    counter: version.max_counter(target.actor),
+                }],
+            );
+            PeerResponse::Updated {
+                record,
+                version: Bytes::from(own.to_bytes()),
+            }
+        }
+        other => other,
+    }
+}
+
 fn internal(message: String) -> PeerResponse {
     PeerResponse::Error(PeerError::Internal { message })
 }
@@ -338,6 +363,9 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
         PeerRequest::Replicate { .. } if canary == Canary::AckWithoutApplying => PeerResponse::Ack,
         PeerRequest::Update { write } if canary == Canary::IgnoreWriteContext => {
             update_ignoring_context(target, write)
+        }
+        PeerRequest::Update { write } if canary == Canary::ForgetSentVersion => {
+            update_forgetting_sent_version(target, write)
         }
         PeerRequest::Members { members } => target
             .membership

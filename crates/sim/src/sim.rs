@@ -68,6 +68,10 @@ pub enum Canary {
     /// client sent) yet answers with the version the client expects: values the
     /// write superseded stay as siblings of it.
     IgnoreWriteContext,
+    /// A replica answers an `Update` with a version of only the write's new dot,
+    /// forgetting the version the client sent: a client that writes back with it
+    /// no longer supersedes what it had read.
+    ForgetSentVersion,
 }
 
 /// The network's knobs and who can talk to whom.

@@ -110,6 +110,15 @@ fn the_checkers_catch_a_replica_ignoring_the_write_context() {
     assert!(caught.is_some(), "the canary went unnoticed");
 }
 
+/// A replica that answers a write with only its new dot, not the version the
+/// client sent, breaks read-your-writes for a client passing its version: the
+/// version checker must see it within 200 seeds.
+#[test]
+fn the_checkers_catch_a_version_that_forgets_what_the_write_was_sent_with() {
+    let caught = first_caught(Canary::ForgetSentVersion, 0..200, "does not cover");
+    assert!(caught.is_some(), "the canary went unnoticed");
+}
+
 /// A node restarted after a crash under its old actor id numbers a write with a
 /// dot it already gave another write: the ground truth sees it within 200 seeds.
 #[test]
