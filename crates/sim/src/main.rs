@@ -1,5 +1,5 @@
 //! The campaign runner: `ringkv-sim --seeds N [--from S] [--nodes K] [--calm]
-//! [--ops OPS_PER_CLIENT] [--drop PER_MILLE] [--crash-after-ack PER_MILLE]` runs seeds on every core and
+//! [--ops OPS_PER_CLIENT] [--keys KEYS] [--drop PER_MILLE] [--crash-after-ack PER_MILLE]` runs seeds on every core and
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
 //! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
@@ -21,6 +21,7 @@ struct Args {
     canary: Canary,
     crash_after_ack: Option<u32>,
     ops: Option<usize>,
+    keys: Option<usize>,
     drop: Option<u32>,
 }
 
@@ -33,6 +34,7 @@ fn parse() -> Result<Args, String> {
         canary: Canary::None,
         crash_after_ack: None,
         ops: None,
+        keys: None,
         drop: None,
     };
     let mut raw = std::env::args().skip(1);
@@ -55,6 +57,13 @@ fn parse() -> Result<Args, String> {
             "--calm" => args.calm = true,
             "--drop" => {
                 args.drop = Some(u32::try_from(value("--drop")?).map_err(|e| e.to_string())?);
+            }
+            "--keys" => {
+                let keys = usize::try_from(value("--keys")?).map_err(|e| e.to_string())?;
+                if keys == 0 {
+                    return Err("--keys must be at least 1".into());
+                }
+                args.keys = Some(keys);
             }
             "--ops" => {
                 args.ops = Some(usize::try_from(value("--ops")?).map_err(|e| e.to_string())?);
@@ -84,6 +93,9 @@ fn config(seed: u64, args: &Args) -> Config {
     config.canary = args.canary;
     if let Some(per_mille) = args.drop {
         config.drop_per_mille = per_mille;
+    }
+    if let Some(keys) = args.keys {
+        config.keys = keys;
     }
     if let Some(ops) = args.ops {
         config.workload.ops_per_client = ops;
