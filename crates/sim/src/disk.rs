@@ -3,16 +3,14 @@
 //! it is called, so a crash could never lose an applied write and a replica that
 //! answers before its fsync would go unnoticed. Here a `sync` queues one flush a few
 //! virtual ms later (shared by every sync until then); writes become durable only
-//! when it runs, and a crash before it loses them.
-//!
-//! `SyncWait` has no public pending constructor, so the returned barrier is already
-//! resolved; the receiving side (`net::dispatch`) instead waits until `durable_at`
-//! before it answers, which is what awaiting a real barrier amounts to.
+//! when it runs, and a crash before it loses them. The `SyncWait` it returns is
+//! pending until that flush (a crash drops it: `Closed`), exactly as the real
+//! engine's resolves when its syncer thread has persisted.
 
 use std::sync::{Arc, Mutex, Weak};
 
 use ringkv_core::{Key, NodeId, Record, TokenRange};
-use ringkv_storage::{Engine, Hint, HintStats, MemoryEngine, StorageError, SyncWait};
+use ringkv_storage::{Engine, Hint, HintStats, MemoryEngine, StorageError, SyncSignal, SyncWait};
 
 use crate::exec::lock;
 use crate::sim::{Event, Sim};
@@ -22,6 +20,8 @@ struct Pending {
     epoch: u64,
     /// When the queued flush runs, if one is queued.
     flush_at: Option<u64>,
+    /// The syncs the queued flush answers.
+    waiters: Vec<SyncSignal>,
 }
 
 /// One node's disk; it outlives the node's incarnations.
@@ -38,23 +38,24 @@ impl SimDisk {
             pending: Arc::new(Mutex::new(Pending {
                 epoch: 0,
                 flush_at: None,
+                waiters: Vec::new(),
             })),
             sim: Arc::downgrade(sim),
         }
     }
 
-    /// Cuts the power: unflushed writes are lost, the queued flush never runs.
+    /// Cuts the power: unflushed writes are lost, the queued flush never runs and
+    /// its waiters learn the engine closed.
     pub fn crash(&self) {
         self.memory.crash();
-        let mut pending = lock(&self.pending);
-        pending.epoch += 1;
-        pending.flush_at = None;
-    }
-
-    /// When every write applied so far is durable (now, if nothing is queued).
-    pub fn durable_at(&self) -> u64 {
-        let now = self.sim.upgrade().map_or(0, |sim| sim.now());
-        lock(&self.pending).flush_at.unwrap_or(now)
+        let waiters = {
+            let mut pending = lock(&self.pending);
+            pending.epoch += 1;
+            pending.flush_at = None;
+            std::mem::take(&mut pending.waiters)
+        };
+        // Dropped outside the lock: dropping wakes their tasks.
+        drop(waiters);
     }
 }
 
@@ -88,7 +89,9 @@ impl Engine for SimDisk {
         let Some(sim) = self.sim.upgrade() else {
             return SyncWait::ready(Err(StorageError::Closed));
         };
+        let (signal, wait) = SyncWait::pending();
         let mut pending = lock(&self.pending);
+        pending.waiters.push(signal);
         if pending.flush_at.is_none() {
             let mut core = lock(&sim.core);
             let at = core.now + core.rng.range(2, 15);
@@ -97,16 +100,23 @@ impl Engine for SimDisk {
             core.schedule(
                 at,
                 Event::Run(Box::new(move || {
-                    let mut pending = lock(&queue);
-                    if pending.epoch == epoch {
+                    let waiters = {
+                        let mut pending = lock(&queue);
+                        if pending.epoch != epoch {
+                            return;
+                        }
                         pending.flush_at = None;
-                        // The memory engine's own barrier is immediate.
-                        let _ = memory.sync().wait();
+                        std::mem::take(&mut pending.waiters)
+                    };
+                    // The memory engine's own barrier is immediate.
+                    let result = memory.sync().wait();
+                    for waiter in waiters {
+                        waiter.resolve(result.clone());
                     }
                 })),
             );
         }
-        SyncWait::ready(Ok(()))
+        wait
     }
 
     fn hint_put(

@@ -3,13 +3,16 @@
 //! Why: distributed bugs hide in interleavings that process tests rarely hit. Here
 //! whole clusters run in one thread on virtual time, driving the very `cluster` code
 //! production runs through its `Transport`, `Spawn`, `Clock` and `Engine` seams, with
-//! faults (lost and delayed messages, crashes that lose unsynced writes, restarts
-//! under a new actor, partitions, skewed clocks) all decided by one seeded RNG. One
-//! `u64` seed is one run, byte for byte: `RINGKV_SIM_SEED=<seed>` replays it.
+//! faults (lost, delayed and duplicated messages, crashes that lose unsynced writes,
+//! restarts under a new actor, partitions both ways or one way that move during the
+//! run, skewed clocks that jump) all decided by one seeded RNG, under either conflict
+//! policy and with TTLs. One `u64` seed is one run, byte for byte:
+//! `RINGKV_SIM_SEED=<seed>` replays it.
 //!
 //! * `rng`: SplitMix64, the only randomness.
 //! * `exec`: task owners, wakers, a one-shot channel (our executor's parts).
-//! * `sim`: virtual time, the event queue, the network state, the trace.
+//! * `sim`: virtual time, the event queue, the network state, the trace, the
+//!   ground truth of applied writes.
 //! * `disk`: a memory engine whose fsync takes virtual time.
 //! * `net`: the simulated `Transport`/`Spawn` and the peer-request dispatch.
 //! * `world`: nodes over memory engines, the run loop, crash/restart/partition.
@@ -27,7 +30,7 @@ pub mod world;
 
 use std::sync::{Arc, Mutex};
 
-use ringkv_core::{Key, Limits, Record};
+use ringkv_core::{ConflictPolicy, Key, Limits, Record};
 use ringkv_storage::Engine;
 
 use crate::exec::{Owner, lock};
@@ -43,8 +46,11 @@ pub struct Config {
     pub nodes: usize,
     pub keys: usize,
     pub workload: Workload,
+    pub conflict_policy: ConflictPolicy,
     /// Message loss between distinct nodes, in ‰.
     pub drop_per_mille: u32,
+    /// Requests a replica may see twice that the network delivers twice, in ‰.
+    pub duplicate_per_mille: u32,
     /// Messages that take 50–400 ms (past the request timeout), in ‰.
     pub slow_per_mille: u32,
     pub max_skew_ms: u64,
@@ -60,7 +66,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// A run with every fault this first cut knows.
+    /// A run with every fault the simulator knows, under the conflict policy
+    /// `policy_for(seed)`.
     pub fn faulty(seed: u64, nodes: usize) -> Config {
         Config {
             seed,
@@ -72,9 +79,14 @@ impl Config {
                 replication_factor: 3,
                 crashes: true,
                 partitions: true,
+                clock_jumps: true,
+                max_clock_jump_ms: 3_000,
+                ttl_per_mille: 150,
                 max_down: 2,
             },
+            conflict_policy: policy_for(seed),
             drop_per_mille: 50,
+            duplicate_per_mille: 30,
             slow_per_mille: 20,
             max_skew_ms: 200,
             request_timeout_ms: 100,
@@ -90,7 +102,9 @@ impl Config {
         let mut config = Config::faulty(seed, nodes);
         config.workload.crashes = false;
         config.workload.partitions = false;
+        config.workload.clock_jumps = false;
         config.drop_per_mille = 0;
+        config.duplicate_per_mille = 0;
         config.slow_per_mille = 0;
         config
     }
@@ -100,6 +114,7 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub seed: u64,
+    pub policy: ConflictPolicy,
     /// Hash of the trace and the final state of every engine: equal for replays.
     pub fingerprint: u64,
     pub violations: Vec<String>,
@@ -132,6 +147,16 @@ pub fn nodes_for(seed: u64) -> usize {
     3 + usize::try_from(seed % 5).unwrap_or(0)
 }
 
+/// The conflict policy of seed `seed`: one seed in three runs `lww` (independent of
+/// `nodes_for`, so every size meets both).
+pub fn policy_for(seed: u64) -> ConflictPolicy {
+    if seed % 3 == 2 {
+        ConflictPolicy::Lww
+    } else {
+        ConflictPolicy::Siblings
+    }
+}
+
 /// Longest a run may go on, virtual ms, before it counts as stuck.
 const MAX_VIRTUAL_MS: u64 = 600_000;
 
@@ -144,11 +169,13 @@ pub fn run(config: &Config) -> Report {
         request_timeout_ms: config.request_timeout_ms,
         max_skew_ms: config.max_skew_ms,
         keep_trace: config.keep_trace,
+        policy: config.conflict_policy,
     });
     let sim = world.sim.clone();
     {
         let mut core = lock(&sim.core);
         core.net.drop_per_mille = config.drop_per_mille;
+        core.net.duplicate_per_mille = config.duplicate_per_mille;
         core.net.slow_per_mille = config.slow_per_mille;
         core.canary = config.canary;
         if config.workload.crashes {
@@ -195,6 +222,7 @@ pub fn run(config: &Config) -> Report {
     {
         let mut core = lock(&sim.core);
         core.net.drop_per_mille = 0;
+        core.net.duplicate_per_mille = 0;
         core.net.slow_per_mille = 0;
         core.crash_after_ack_per_mille = 0;
         core.crash_coordinator_per_mille = 0;
@@ -248,14 +276,42 @@ pub fn run(config: &Config) -> Report {
         })
         .collect();
     let history = std::mem::take(&mut *lock(&history));
-    violations.extend(check::no_acked_write_lost(&history, &merged));
-    violations.extend(check::dots_are_unique(&history));
-    violations.extend(check::nothing_superseded_returns(&history, &merged));
-    violations.extend(check::no_invented_values(&history, &merged));
-    violations.extend(check::reads_see_acked_writes(
+    let applied = std::mem::take(&mut lock(&sim.core).applied);
+    let facts = check::Facts::new(
         &history,
+        &applied,
+        &keys,
+        config.conflict_policy,
         config.workload.replication_factor,
-    ));
+    );
+    violations.extend(check::no_acked_write_lost(&facts, &merged));
+    violations.extend(check::dots_are_unique(&facts));
+    violations.extend(check::nothing_superseded_returns(&facts, &merged));
+    violations.extend(check::no_invented_values(&facts, &merged));
+    violations.extend(check::writes_cover_their_versions(&facts));
+    violations.extend(check::reads_cover_acked_versions(&facts));
+    // Every read, and the merged record after heal as a read after every write.
+    let final_now_ms = world.clock_ms(0);
+    let observations: Vec<check::Observation> = facts
+        .reads()
+        .chain(
+            merged
+                .iter()
+                .enumerate()
+                .map(|(key, record)| check::Observation {
+                    key,
+                    record: record.as_ref(),
+                    now_ms: final_now_ms,
+                    start: u64::MAX,
+                    quorum: config.workload.replication_factor,
+                    entry: None,
+                }),
+        )
+        .collect();
+    violations.extend(check::no_false_siblings(&facts, &observations));
+    violations.extend(check::reads_show_acked_values(&facts, &observations));
+    drop(observations);
+    drop(facts);
 
     let fingerprint = {
         let mut core = lock(&sim.core);
@@ -274,6 +330,7 @@ pub fn run(config: &Config) -> Report {
     };
     Report {
         seed: config.seed,
+        policy: config.conflict_policy,
         fingerprint,
         violations,
         trace,

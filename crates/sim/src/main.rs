@@ -1,9 +1,9 @@
 //! The campaign runner: `ringkv-sim --seeds N [--from S] [--nodes K] [--calm]
-//! [--ops OPS_PER_CLIENT] [--drop PER_MILLE] [--crash-after-ack PER_MILLE]` runs seeds on every core and
+//! [--ops OPS_PER_CLIENT] [--keys KEYS] [--drop PER_MILLE] [--crash-after-ack PER_MILLE]` runs seeds on every core and
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
-//! `--canary-durable` / `--canary-apply` / `--canary-actor` plant a known bug
-//! (see `Canary`).
+//! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
+//! `--canary-version` plant a known bug (see `Canary`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -21,6 +21,7 @@ struct Args {
     canary: Canary,
     crash_after_ack: Option<u32>,
     ops: Option<usize>,
+    keys: Option<usize>,
     drop: Option<u32>,
 }
 
@@ -33,6 +34,7 @@ fn parse() -> Result<Args, String> {
         canary: Canary::None,
         crash_after_ack: None,
         ops: None,
+        keys: None,
         drop: None,
     };
     let mut raw = std::env::args().skip(1);
@@ -56,6 +58,13 @@ fn parse() -> Result<Args, String> {
             "--drop" => {
                 args.drop = Some(u32::try_from(value("--drop")?).map_err(|e| e.to_string())?);
             }
+            "--keys" => {
+                let keys = usize::try_from(value("--keys")?).map_err(|e| e.to_string())?;
+                if keys == 0 {
+                    return Err("--keys must be at least 1".into());
+                }
+                args.keys = Some(keys);
+            }
             "--ops" => {
                 args.ops = Some(usize::try_from(value("--ops")?).map_err(|e| e.to_string())?);
             }
@@ -66,6 +75,8 @@ fn parse() -> Result<Args, String> {
             "--canary-durable" => args.canary = Canary::AckBeforeDurable,
             "--canary-apply" => args.canary = Canary::AckWithoutApplying,
             "--canary-actor" => args.canary = Canary::ReuseActorAfterCrash,
+            "--canary-context" => args.canary = Canary::IgnoreWriteContext,
+            "--canary-version" => args.canary = Canary::ForgetSentVersion,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -82,6 +93,9 @@ fn config(seed: u64, args: &Args) -> Config {
     config.canary = args.canary;
     if let Some(per_mille) = args.drop {
         config.drop_per_mille = per_mille;
+    }
+    if let Some(keys) = args.keys {
+        config.keys = keys;
     }
     if let Some(ops) = args.ops {
         config.workload.ops_per_client = ops;
@@ -112,14 +126,19 @@ fn replay(seed: u64, args: &Args) -> ExitCode {
     }
 }
 
+/// Violations printed per failing seed: the first ones say what went wrong, a
+/// planted bug can cause thousands.
+const MAX_SHOWN_VIOLATIONS: usize = 20;
+
 fn summary(report: &Report, nodes: usize) {
     // Write errors (a closed pipe) are ignored: the exit status still tells.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seed {} nodes {nodes}: {} requests ({} writes acked, {} failed), {} virtual ms, \
+        "seed {} nodes {nodes} {:?}: {} requests ({} writes acked, {} failed), {} virtual ms, \
          {} steps, fingerprint {:016x}",
         report.seed,
+        report.policy,
         report.history.len(),
         report.acked_writes(),
         report.failed(),
@@ -127,8 +146,13 @@ fn summary(report: &Report, nodes: usize) {
         report.steps,
         report.fingerprint
     );
-    for violation in &report.violations {
+    for violation in report.violations.iter().take(MAX_SHOWN_VIOLATIONS) {
         let _ = writeln!(out, "  VIOLATION {violation}");
+    }
+    if let Some(more) = report.violations.len().checked_sub(MAX_SHOWN_VIOLATIONS)
+        && more > 0
+    {
+        let _ = writeln!(out, "  ... and {more} more violations");
     }
 }
 

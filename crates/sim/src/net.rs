@@ -3,24 +3,33 @@
 //! without threads. A call is a request message (maybe lost, delayed by the RNG), a
 //! handler task on the receiving node, and a response message back; the caller
 //! gives up at its timeout on virtual time, exactly like the TCP transport does.
+//!
+//! The network may also deliver a request twice (each copy on its own delay, the
+//! first answer wins), but only requests a replica may legitimately see twice: the
+//! RPC sends each frame once and never retries, so an `Update` or `Coordinate` is
+//! never duplicated (a second copy would be a second write, as a client retry is).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use ringkv_cluster::coordinator::Coordinator;
 use ringkv_cluster::membership::Membership;
 use ringkv_cluster::replica::decode_write;
 use ringkv_cluster::{BoxFuture, Node, Peer, Spawn, Transport, TransportError};
-use ringkv_core::ActorId;
+use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse, WireWrite};
+use ringkv_core::{ActorId, Context as Version, Record};
 
 use crate::disk::SimDisk;
-use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse};
-
 use crate::exec::{Owner, Receiver, Sender, lock, oneshot};
-use crate::sim::{Canary, Event, Fault, Sim, Sleep};
+use crate::sim::{Applied, Canary, Event, Fault, Sim, Sleep};
+
+/// Where a call's answer goes: shared by the copies of a duplicated request, taken
+/// by the first answer. Once every copy is gone the sender drops: silence.
+type ReplySlot = Arc<Mutex<Option<Sender<PeerResponse>>>>;
 
 /// One running incarnation of a node.
 pub struct SimNode {
@@ -28,7 +37,7 @@ pub struct SimNode {
     pub membership: Arc<Membership>,
     pub coordinator: Arc<Coordinator>,
     pub actor: ActorId,
-    /// The node's disk: answers wait until it has flushed.
+    /// The node's disk (outlives the incarnation).
     pub disk: Arc<SimDisk>,
     pub sim: Arc<Sim>,
 }
@@ -83,7 +92,10 @@ impl Transport for SimTransport {
                     })
                 });
             }
-            Some(target) => send_request(&self.sim, self.from, target, request, tx),
+            Some(target) => {
+                let slot: ReplySlot = Arc::new(Mutex::new(Some(tx)));
+                send_request(&self.sim, self.from, target, request, slot);
+            }
             None => {
                 let peer = to.id;
                 return Box::pin(async move {
@@ -124,32 +136,49 @@ impl Future for Reply {
     }
 }
 
-fn send_request(
-    sim: &Arc<Sim>,
-    from: usize,
-    to: usize,
-    request: PeerRequest,
-    reply: Sender<PeerResponse>,
-) {
+/// Whether a replica may see this request twice without harm: merges, reads and
+/// barriers are idempotent; a write is not (see the module doc).
+pub fn may_duplicate(request: &PeerRequest) -> bool {
+    match request {
+        PeerRequest::Replicate { .. }
+        | PeerRequest::Read { .. }
+        | PeerRequest::Sync
+        | PeerRequest::Hint { .. }
+        | PeerRequest::Members { .. } => true,
+        PeerRequest::Update { .. } | PeerRequest::Coordinate { .. } => false,
+    }
+}
+
+fn send_request(sim: &Arc<Sim>, from: usize, to: usize, request: PeerRequest, reply: ReplySlot) {
     let mut core = lock(&sim.core);
     let line = format!("n{from}->n{to} {}", describe_request(&request));
-    let Some(at) = core.route(from, to) else {
-        let now = core.now;
-        core.trace.log(now, &format!("{line} LOST"));
-        drop(core);
-        drop(reply);
-        return;
+    let duplicate_per_mille = core.net.duplicate_per_mille;
+    let copies = if from != to && may_duplicate(&request) && core.rng.chance(duplicate_per_mille) {
+        2
+    } else {
+        1
     };
-    let now = core.now;
-    core.trace.log(now, &format!("{line} @{at}"));
     let incarnation = core.net.incarnation[to];
-    let world = sim.clone();
-    core.schedule(
-        at,
-        Event::Run(Box::new(move || {
-            deliver(&world, from, to, incarnation, request, reply);
-        })),
-    );
+    for copy in 0..copies {
+        let tag = if copy == 0 { "" } else { " DUP" };
+        let Some(at) = core.route(from, to) else {
+            let now = core.now;
+            core.trace.log(now, &format!("{line}{tag} LOST"));
+            continue;
+        };
+        let now = core.now;
+        core.trace.log(now, &format!("{line}{tag} @{at}"));
+        let (world, request, reply) = (sim.clone(), request.clone(), reply.clone());
+        core.schedule(
+            at,
+            Event::Run(Box::new(move || {
+                deliver(&world, from, to, incarnation, request, reply);
+            })),
+        );
+    }
+    drop(core);
+    // The caller's slot closes here if no copy is on its way.
+    drop(reply);
 }
 
 fn deliver(
@@ -158,7 +187,7 @@ fn deliver(
     to: usize,
     incarnation: u64,
     request: PeerRequest,
-    reply: Sender<PeerResponse>,
+    reply: ReplySlot,
 ) {
     let (alive, canary) = {
         let core = lock(&sim.core);
@@ -179,7 +208,16 @@ fn deliver(
     sim.spawn(
         Owner::Node(to),
         Box::pin(async move {
+            let update = match &request {
+                PeerRequest::Update { write } => Some((write.key.clone(), write.seen.clone())),
+                _ => None,
+            };
             let response = dispatch(&target, request, canary).await;
+            if let (Some((key, seen)), PeerResponse::Updated { record, version }) =
+                (update, &response)
+            {
+                note_applied(&world, &target, to, key, &seen, record, version);
+            }
             let mut core = lock(&world.core);
             // The nemesis likes to cut the power right after a node promised
             // durability: the most damaging moment if the promise was false.
@@ -199,7 +237,15 @@ fn deliver(
                 Some(at) => {
                     let now = core.now;
                     core.trace.log(now, &format!("{line} @{at}"));
-                    core.schedule(at, Event::Run(Box::new(move || reply.send(response))));
+                    core.schedule(
+                        at,
+                        Event::Run(Box::new(move || {
+                            let sender = lock(&reply).take();
+                            if let Some(sender) = sender {
+                                sender.send(response);
+                            }
+                        })),
+                    );
                 }
                 None => {
                     let now = core.now;
@@ -212,6 +258,101 @@ fn deliver(
     );
 }
 
+/// Adds an applied `Update` to the run's ground truth (`Core::applied`). The new dot
+/// is the replica's highest sibling of its own actor: `DvvSet::update` numbers it
+/// above every counter of that actor the record knew.
+fn note_applied(
+    sim: &Arc<Sim>,
+    target: &SimNode,
+    node: usize,
+    key: Bytes,
+    seen: &[u8],
+    record: &[u8],
+    version: &[u8],
+) {
+    let parts = (
+        Version::from_bytes(seen),
+        Record::decode(record),
+        Version::from_bytes(version),
+    );
+    let (Ok(seen), Ok(record), Ok(version)) = parts else {
+        sim.log(&format!(
+            "n{node}: an Updated answer does not decode: {parts:?}"
+        ));
+        return;
+    };
+    let own = record
+        .siblings()
+        .filter(|(dot, _)| dot.actor == target.actor)
+        .max_by_key(|(dot, _)| dot.counter);
+    let Some((dot, sibling)) = own else {
+        sim.log(&format!(
+            "n{node}: an Updated record holds no version of its own"
+        ));
+        return;
+    };
+    let applied = Applied {
+        key,
+        node,
+        at: sim.now(),
+        dot,
+        seen,
+        version,
+        sibling: sibling.clone(),
+    };
+    lock(&sim.core).applied.push(applied);
+}
+
+/// The `IgnoreWriteContext` canary: the write is applied blind, and the answer
+/// claims it superseded what the client had seen.
+fn update_ignoring_context(target: &SimNode, write: WireWrite) -> PeerResponse {
+    let seen = Version::from_bytes(&write.seen).unwrap_or_default();
+    let blind = WireWrite {
+        seen: Bytes::from(Version::default().to_bytes()),
+        ..write
+    };
+    match target
+        .node
+        .handle_replica(PeerRequest::Update { write: blind })
+        .response
+    {
+        PeerResponse::Updated { record, version } => {
+            let mut claimed = Version::from_bytes(&version).unwrap_or_default();
+            claimed.join(&seen);
+            PeerResponse::Updated {
+                record,
+                version: Bytes::from(claimed.to_bytes()),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The `ForgetSentVersion` canary: applied right, answered with only the new dot.
+fn update_forgetting_sent_version(target: &SimNode, write: WireWrite) -> PeerResponse {
+    match target
+        .node
+        .handle_replica(PeerRequest::Update { write })
+        .response
+    {
+        PeerResponse::Updated { record, version } => {
+            let version = Version::from_bytes(&version).unwrap_or_default();
+            let own = Version::from_parts(
+                [],
+                [ringkv_core::Dot {
+                    actor: target.actor,
+                    counter: version.max_counter(target.actor),
+                }],
+            );
+            PeerResponse::Updated {
+                record,
+                version: Bytes::from(own.to_bytes()),
+            }
+        }
+        other => other,
+    }
+}
+
 fn internal(message: String) -> PeerResponse {
     PeerResponse::Error(PeerError::Internal { message })
 }
@@ -221,6 +362,12 @@ fn internal(message: String) -> PeerResponse {
 pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) -> PeerResponse {
     match request {
         PeerRequest::Replicate { .. } if canary == Canary::AckWithoutApplying => PeerResponse::Ack,
+        PeerRequest::Update { write } if canary == Canary::IgnoreWriteContext => {
+            update_ignoring_context(target, write)
+        }
+        PeerRequest::Update { write } if canary == Canary::ForgetSentVersion => {
+            update_forgetting_sent_version(target, write)
+        }
         PeerRequest::Members { members } => target
             .membership
             .on_members(target.coordinator.transport().as_ref(), members),
@@ -228,38 +375,30 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
             Ok(write) => target.coordinator.on_coordinate(write, required).await,
             Err(error) => PeerResponse::Error(error),
         },
-        PeerRequest::Sync => match target.node.sync().await {
-            Ok(()) => {
-                wait_durable(target, canary).await;
-                PeerResponse::Ack
+        // The `AckBeforeDurable` canary answers without awaiting the barrier.
+        PeerRequest::Sync => {
+            let barrier = target.node.sync();
+            if canary == Canary::AckBeforeDurable {
+                return PeerResponse::Ack;
             }
-            Err(error) => internal(format!("sync failed: {error}")),
-        },
+            match barrier.await {
+                Ok(()) => PeerResponse::Ack,
+                Err(error) => internal(format!("sync failed: {error}")),
+            }
+        }
         request @ (PeerRequest::Update { .. }
         | PeerRequest::Replicate { .. }
         | PeerRequest::Hint { .. }
         | PeerRequest::Read { .. }) => {
             let reply = target.node.handle_replica(request);
-            let durable = reply.durable.is_some();
             if let Some(durable) = reply.durable
+                && canary != Canary::AckBeforeDurable
                 && let Err(error) = durable.await
             {
                 return internal(format!("write applied but not durable: {error}"));
             }
-            if durable {
-                wait_durable(target, canary).await;
-            }
             reply.response
         }
-    }
-}
-
-/// Waits for the disk flush that covers what the node applied so far; the
-/// `AckBeforeDurable` canary skips it.
-async fn wait_durable(target: &SimNode, canary: Canary) {
-    if canary != Canary::AckBeforeDurable {
-        let at = target.disk.durable_at();
-        target.sim.sleep_until(at).await;
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use ringkv_cluster::BoxFuture;
+use ringkv_core::{Dot, Sibling};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::exec::{Owner, ReadyQueue, lock};
@@ -33,10 +34,18 @@ pub enum Fault {
     Crash(usize),
     /// Start again over the same storage under a new actor id.
     Restart(usize),
-    /// Cut the nodes in the list off from the others, both ways.
+    /// Cut the nodes in the list off from the others, both ways. Replaces the
+    /// partition in force, if any, so a partition moves without healing first.
     Partition(Vec<usize>),
+    /// The nodes in the list can no longer reach the others, which still reach
+    /// them: requests go one way and their answers are lost (a half-broken link).
+    /// Replaces the partition in force, if any.
+    OneWay(Vec<usize>),
     /// Remove every partition.
     Heal,
+    /// Node `node`'s wall clock jumps by `by_ms` (either way; NTP stepping it, a VM
+    /// resumed). Its HLC must still never go backwards.
+    ClockJump { node: usize, by_ms: i64 },
     /// Every node crashes at once (a data-centre power cut) and restarts shortly
     /// after: only what was durable anywhere survives.
     PowerCut,
@@ -55,11 +64,22 @@ pub enum Canary {
     /// A node restarted after a crash keeps its actor id, so it may issue a dot
     /// it issued before (what `server::identity` prevents).
     ReuseActorAfterCrash,
+    /// A replica applies an `Update` as if it were blind (it drops the version the
+    /// client sent) yet answers with the version the client expects: values the
+    /// write superseded stay as siblings of it.
+    IgnoreWriteContext,
+    /// A replica answers an `Update` with a version of only the write's new dot,
+    /// forgetting the version the client sent: a client that writes back with it
+    /// no longer supersedes what it had read.
+    ForgetSentVersion,
 }
 
 /// The network's knobs and who can talk to whom.
 pub struct Net {
     pub drop_per_mille: u32,
+    /// Requests delivered twice, each copy on its own delay, in ‰ (only requests a
+    /// replica may see twice; see `net::may_duplicate`).
+    pub duplicate_per_mille: u32,
     /// Messages between distinct nodes that crawl (50–400 ms, past most timeouts), ‰.
     pub slow_per_mille: u32,
     pub min_delay_ms: u64,
@@ -127,6 +147,30 @@ pub struct Core {
     pub crash_coordinator_per_mille: u32,
     /// Most nodes down at once (for crashes the nemesis decides on the spot).
     pub max_down: usize,
+    /// Every write a replica applied, in order: the simulator's ground truth for the
+    /// checkers (which dot each write got, what it superseded).
+    pub applied: Vec<Applied>,
+}
+
+/// One write as a replica applied it (an `Update` answered with `Updated`), seen by
+/// the simulator from outside the node.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The key's bytes.
+    pub key: bytes::Bytes,
+    pub node: usize,
+    /// Virtual ms.
+    pub at: u64,
+    /// The write's new dot: the replica's actor with the highest counter of it in
+    /// `version`.
+    pub dot: Dot,
+    /// The version the client sent.
+    pub seen: ringkv_core::Context,
+    /// The version the replica answered: everything the write superseded plus its
+    /// dot (under LWW that includes all the replica held).
+    pub version: ringkv_core::Context,
+    /// The version as stored: HLC timestamp, expiry, body.
+    pub sibling: Sibling,
 }
 
 /// Shared by every node's transport and spawner and by the world loop.
@@ -149,6 +193,7 @@ impl Sim {
                 next_task: 0,
                 net: Net {
                     drop_per_mille: 0,
+                    duplicate_per_mille: 0,
                     slow_per_mille: 0,
                     min_delay_ms: 1,
                     max_delay_ms: 10,
@@ -161,6 +206,7 @@ impl Sim {
                 crash_after_ack_per_mille: 0,
                 crash_coordinator_per_mille: 0,
                 max_down: 0,
+                applied: Vec::new(),
             }),
             ready: ReadyQueue::default(),
             nodes: Mutex::new(vec![None; nodes]),

@@ -1,11 +1,12 @@
 //! What happens to the cluster during a run: clients doing puts (blind or with the
-//! version they last saw), deletes and gets with random quorums through random
-//! nodes, and the nemesis injecting faults. Every client request goes in the
-//! history with its times and outcome, for the checkers.
+//! version they last saw, some with a TTL), deletes and gets with random quorums
+//! through random nodes, and the nemesis injecting faults. Every client request goes
+//! in the history with its times and outcome, for the checkers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_cluster::{Write, WriteBody};
@@ -21,6 +22,8 @@ pub enum Op {
         key: usize,
         value: String,
         seen: Context,
+        /// Time to live, ms; expiry is on the clock of the node that applies it.
+        ttl_ms: Option<u64>,
     },
     Delete {
         key: usize,
@@ -52,7 +55,10 @@ impl Op {
 pub enum Outcome {
     /// A write acknowledged by its quorum, with the version it returned.
     Written(Context),
-    Read(Option<Record>),
+    /// A read's merged record, and the wall clock of the coordinating node when it
+    /// answered: what a client is shown is `record.view(policy, now_ms)` (expired
+    /// versions hide).
+    Read { record: Option<Record>, now_ms: u64 },
     /// Failed or unknown: a failed write may still have been applied somewhere.
     Failed(String),
 }
@@ -79,6 +85,11 @@ pub struct Workload {
     pub replication_factor: u8,
     pub crashes: bool,
     pub partitions: bool,
+    /// Wall clocks jump by up to `max_clock_jump_ms` either way.
+    pub clock_jumps: bool,
+    pub max_clock_jump_ms: u64,
+    /// Puts that carry a TTL (20–2000 ms), ‰.
+    pub ttl_per_mille: u32,
     /// Most nodes down at once.
     pub max_down: usize,
 }
@@ -103,13 +114,14 @@ pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: Hist
     for n in 0..w.ops_per_client {
         let think = sim.random(|rng| rng.range(0, 40));
         sim.sleep(think).await;
-        let (node, kind, key, quorum, versioned) = sim.random(|rng| {
+        let (node, kind, key, quorum, versioned, ttl_ms) = sim.random(|rng| {
             (
                 rng.index(nodes),
                 rng.below(20),
                 rng.index(keys.len()),
                 u8::try_from(rng.range(1, u64::from(w.replication_factor))).unwrap_or(1),
                 rng.chance(600),
+                rng.chance(w.ttl_per_mille).then(|| rng.range(20, 2_000)),
             )
         });
         let seen = if versioned {
@@ -122,6 +134,7 @@ pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: Hist
                 key,
                 value: format!("c{id}-{n}"),
                 seen,
+                ttl_ms,
             },
             9..=11 => Op::Delete { key, seen },
             _ => Op::Get { key },
@@ -132,24 +145,37 @@ pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: Hist
             Outcome::Written(version) => {
                 known.insert(key, version.clone());
             }
-            Outcome::Read(Some(record)) => {
+            Outcome::Read {
+                record: Some(record),
+                ..
+            } => {
                 known.insert(key, record.context().clone());
             }
-            Outcome::Read(None) => {
+            Outcome::Read { record: None, .. } => {
                 known.remove(&key);
             }
             Outcome::Failed(_) => {}
         }
         let result = match &outcome {
             Outcome::Written(version) => format!("ok {}", show(version)),
-            Outcome::Read(Some(record)) => {
-                format!("ok {} siblings {}", record.len(), show(record.context()))
-            }
-            Outcome::Read(None) => "ok absent".into(),
+            Outcome::Read {
+                record: Some(record),
+                now_ms,
+            } => format!(
+                "ok {} versions {} at {now_ms}",
+                record.len(),
+                show(record.context())
+            ),
+            Outcome::Read { record: None, .. } => "ok absent".into(),
             Outcome::Failed(why) => format!("FAILED {why}"),
         };
         let what = match &op {
-            Op::Put { value, seen, .. } => format!("put k{key}={value} seen={}", show(seen)),
+            Op::Put {
+                value,
+                seen,
+                ttl_ms,
+                ..
+            } => format!("put k{key}={value} seen={} ttl={ttl_ms:?}", show(seen)),
             Op::Delete { seen, .. } => format!("delete k{key} seen={}", show(seen)),
             Op::Get { .. } => format!("get k{key}"),
         };
@@ -178,24 +204,33 @@ async fn request(sim: &Arc<Sim>, node: usize, op: &Op, key: Key, quorum: u8) -> 
     sim.spawn(
         Owner::Node(node),
         Box::pin(async move {
-            let write = |body, seen: &Context| Write {
+            let write = |body, seen: &Context, ttl_ms: Option<u64>| Write {
                 key: key.clone(),
                 body,
                 seen: seen.clone(),
-                ttl: None,
+                ttl: ttl_ms.map(Duration::from_millis),
             };
             let outcome = match &op {
-                Op::Put { value, seen, .. } => {
+                Op::Put {
+                    value,
+                    seen,
+                    ttl_ms,
+                    ..
+                } => {
                     let body = WriteBody::Value(Bytes::from(value.clone().into_bytes()));
-                    written(coordinator.write(write(body, seen), quorum, false).await)
+                    let write = write(body, seen, *ttl_ms);
+                    written(coordinator.write(write, quorum, false).await)
                 }
                 Op::Delete { seen, .. } => written(
                     coordinator
-                        .write(write(WriteBody::Delete, seen), quorum, false)
+                        .write(write(WriteBody::Delete, seen, None), quorum, false)
                         .await,
                 ),
                 Op::Get { .. } => match coordinator.read(&key, quorum).await {
-                    Ok(record) => Outcome::Read(record),
+                    Ok(record) => Outcome::Read {
+                        record,
+                        now_ms: target.node.now_ms(),
+                    },
                     Err(error) => Outcome::Failed(error.to_string()),
                 },
             };
@@ -225,12 +260,15 @@ fn written<E: std::fmt::Display>(result: Result<Context, E>) -> Outcome {
     }
 }
 
-/// Injects faults until virtual time `until`: crashes and restarts, partitions and
-/// heals, at random moments.
+/// Injects faults until virtual time `until`: crashes and restarts, partitions
+/// (both ways or one way, moved without healing) and heals, clock jumps, at random
+/// moments.
 pub async fn nemesis(sim: Arc<Sim>, until: u64, w: Workload) {
     let nodes = lock(&sim.nodes).len();
     loop {
-        let wait = sim.random(|rng| rng.range(50, 500));
+        // About eight faults a run: enough for partitions to move and to meet
+        // crashes, few enough that most requests still succeed.
+        let wait = sim.random(|rng| rng.range(20, 250));
         sim.sleep(wait).await;
         if sim.now() >= until {
             return;
@@ -241,17 +279,29 @@ pub async fn nemesis(sim: Arc<Sim>, until: u64, w: Workload) {
         };
         let running: Vec<usize> = (0..nodes).filter(|i| up[*i]).collect();
         let down: Vec<usize> = (0..nodes).filter(|i| !up[*i]).collect();
-        let fault = sim.random(|rng| match rng.below(5) {
+        let fault = sim.random(|rng| match rng.below(6) {
             0 if w.crashes && down.len() < w.max_down => {
                 Some(Fault::Crash(running[rng.index(running.len())]))
             }
             1 if !down.is_empty() => Some(Fault::Restart(down[rng.index(down.len())])),
-            2 if w.partitions && !partitioned => {
+            // A partition may also move: a new one replaces the one in force.
+            2 if w.partitions && (!partitioned || rng.chance(400)) => {
                 let side: Vec<usize> = (0..nodes).filter(|_| rng.chance(500)).collect();
-                (!side.is_empty() && side.len() < nodes).then_some(Fault::Partition(side))
+                let one_way = rng.chance(400);
+                (!side.is_empty() && side.len() < nodes).then_some(if one_way {
+                    Fault::OneWay(side)
+                } else {
+                    Fault::Partition(side)
+                })
             }
             3 if partitioned => Some(Fault::Heal),
             4 if w.crashes && rng.chance(300) => Some(Fault::PowerCut),
+            5 if w.clock_jumps => {
+                let node = rng.index(nodes);
+                let size = i64::try_from(rng.range(1, w.max_clock_jump_ms)).unwrap_or(0);
+                let by_ms = if rng.chance(500) { size } else { -size };
+                Some(Fault::ClockJump { node, by_ms })
+            }
             _ => None,
         });
         if let Some(fault) = fault {

@@ -33,10 +33,14 @@ pub struct WorldConfig {
     pub nodes: usize,
     pub replication_factor: u8,
     pub request_timeout_ms: u64,
-    /// Largest clock skew per node, either way.
+    /// Largest clock skew per node, either way, at the start.
     pub max_skew_ms: u64,
     pub keep_trace: bool,
+    pub policy: ConflictPolicy,
 }
+
+/// Largest skew clock jumps may build up, either way.
+pub const MAX_JUMPED_SKEW_MS: i64 = 5_000;
 
 pub struct World {
     pub sim: Arc<Sim>,
@@ -123,7 +127,7 @@ impl World {
             self.engines[index].clone(),
             self.clocks[index].clone(),
             actor,
-            ConflictPolicy::Siblings,
+            self.config.policy,
         ));
         let coordinator = Arc::new(Coordinator::new(
             membership.clone(),
@@ -199,6 +203,7 @@ impl World {
             }
             Fault::Partition(side) => {
                 let mut core = lock(&self.sim.core);
+                core.net.blocked.clear();
                 for a in 0..self.config.nodes {
                     for b in 0..self.config.nodes {
                         if side.contains(&a) != side.contains(&b) {
@@ -207,7 +212,24 @@ impl World {
                     }
                 }
             }
+            Fault::OneWay(side) => {
+                let mut core = lock(&self.sim.core);
+                core.net.blocked.clear();
+                for a in side.iter().copied() {
+                    for b in (0..self.config.nodes).filter(|b| !side.contains(b)) {
+                        core.net.blocked.insert((a, b));
+                    }
+                }
+            }
             Fault::Heal => lock(&self.sim.core).net.blocked.clear(),
+            Fault::ClockJump { node, by_ms } => {
+                if let Some(skew) = self.skews.get_mut(node) {
+                    *skew = skew
+                        .saturating_add(by_ms)
+                        .clamp(-MAX_JUMPED_SKEW_MS, MAX_JUMPED_SKEW_MS);
+                }
+                self.set_clocks(self.sim.now());
+            }
             Fault::PowerCut => {
                 for index in 0..self.config.nodes {
                     self.apply(Fault::Crash(index));
@@ -286,6 +308,12 @@ impl World {
         if task.as_mut().poll(&mut cx).is_pending() {
             self.tasks.insert(id, (owner, task));
         }
+    }
+
+    /// Node `index`'s wall clock now, ms.
+    pub fn clock_ms(&self, index: usize) -> u64 {
+        use ringkv_cluster::Clock as _;
+        self.clocks.get(index).map_or(0, |clock| clock.now_ms())
     }
 
     pub fn pending_tasks(&self) -> usize {

@@ -17,9 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
-use crate::{StorageError, SyncWait};
+use crate::{StorageError, SyncSignal, SyncWait};
 
 /// Most waiters queued for one persist. A `sync` beyond it blocks until the syncer
 /// takes the queue (backpressure; counted in `ringkv_storage_sync_queue_full_total`).
@@ -82,7 +80,7 @@ enum Phase {
 
 struct Waiter {
     target: u64,
-    answer: oneshot::Sender<Result<(), StorageError>>,
+    answer: SyncSignal,
 }
 
 impl GroupCommit {
@@ -167,11 +165,11 @@ impl GroupCommit {
                 Err(StorageError::Closed)
             });
         }
-        let (answer, receiver) = oneshot::channel();
+        let (answer, wait) = SyncWait::pending();
         queue.waiters.push(Waiter { target, answer });
         drop(queue);
         shared.work.notify_one();
-        SyncWait::pending(receiver)
+        wait
     }
 
     /// Serves every queued sync, persists a last time and stops the syncer thread.
@@ -239,7 +237,7 @@ impl Shared {
             for waiter in batch {
                 debug_assert!(result.is_err() || waiter.target <= covered);
                 // A waiter that stopped waiting dropped its receiver: nothing to tell.
-                let _ = waiter.answer.send(result.clone());
+                waiter.answer.resolve(result.clone());
             }
             if closing {
                 let mut queue = self.lock_queue();

@@ -37,7 +37,7 @@ pub use group_commit::{MAX_QUEUED_SYNCS, SyncStats};
 pub use hints::{Hint, HintCount, HintStats};
 pub use memory::MemoryEngine;
 pub use storage_key::MAX_STORED_KEY_BYTES;
-pub use sync_wait::SyncWait;
+pub use sync_wait::{SyncSignal, SyncWait};
 
 use ringkv_core::{Key, NodeId, Record, TokenRange};
 

@@ -31,11 +31,17 @@ impl SyncWait {
         }
     }
 
-    /// A sync the holder of `sender` resolves; a dropped sender reads as `Closed`.
-    pub(crate) fn pending(receiver: oneshot::Receiver<Result<(), StorageError>>) -> SyncWait {
-        SyncWait {
-            state: State::Pending(receiver),
-        }
+    /// A sync that resolves when the returned `SyncSignal` does: for engines whose
+    /// writes become durable elsewhere (the group-commit syncer thread, the
+    /// simulator's disk). A signal dropped unresolved reads as `Closed`.
+    pub fn pending() -> (SyncSignal, SyncWait) {
+        let (sender, receiver) = oneshot::channel();
+        (
+            SyncSignal(sender),
+            SyncWait {
+                state: State::Pending(receiver),
+            },
+        )
     }
 
     /// Blocks the calling thread until the sync resolves.
@@ -71,11 +77,45 @@ impl Future for SyncWait {
     }
 }
 
+/// The resolving side of a pending `SyncWait` (see `SyncWait::pending`).
+#[derive(Debug)]
+pub struct SyncSignal(oneshot::Sender<Result<(), StorageError>>);
+
+impl SyncSignal {
+    /// Answers the waiting side (a no-op if it gave up waiting).
+    pub fn resolve(self, result: Result<(), StorageError>) {
+        // The receiver may be gone: nobody waits any more, nothing to do.
+        let _ = self.0.send(result);
+    }
+}
+
 impl std::fmt::Debug for SyncWait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.state {
             State::Ready(result) => f.debug_tuple("SyncWait::Ready").field(result).finish(),
             State::Pending(_) => f.write_str("SyncWait::Pending"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_sync_resolves_with_its_signal() {
+        let (signal, wait) = SyncWait::pending();
+        signal.resolve(Ok(()));
+        assert!(wait.wait().is_ok());
+        let (signal, wait) = SyncWait::pending();
+        signal.resolve(Err(StorageError::Closed));
+        assert!(matches!(wait.wait(), Err(StorageError::Closed)));
+    }
+
+    #[test]
+    fn a_dropped_signal_reads_as_closed() {
+        let (signal, wait) = SyncWait::pending();
+        drop(signal);
+        assert!(matches!(wait.wait(), Err(StorageError::Closed)));
     }
 }
