@@ -362,7 +362,10 @@ impl Coordinator {
             });
         }
         // A replica detected down is read through the next live fallback, which
-        // answers with the hints it holds for the key.
+        // answers with the hints it holds for the key. Only true replicas count
+        // toward R (so any R of them meet any W that acked a write on true
+        // replicas); the fallbacks' answers are awaited too and merged in, so a read
+        // sees what a quorum of true replicas and the hint holders know.
         let mut fallbacks = fallbacks
             .into_iter()
             .filter(|id| self.timeout_for(*id).is_some());
@@ -375,15 +378,27 @@ impl Coordinator {
             .collect();
         let mut gather = Gather::new(self.read_calls(key, &asked));
         let needed = usize::from(required);
+        let fallbacks_asked = asked.iter().filter(|id| !replicas.contains(id)).count();
+        let true_answers = |done: &[(NodeId, ReadReply)]| {
+            done.iter()
+                .filter(|(node, reply)| reply.is_ok() && replicas.contains(node))
+                .count()
+        };
+        let fallbacks_done = |done: &[(NodeId, ReadReply)]| {
+            done.iter()
+                .filter(|(node, _)| !replicas.contains(node))
+                .count()
+        };
         gather
-            .until(|done| done.iter().filter(|(_, reply)| reply.is_ok()).count() >= needed)
+            .until(|done| true_answers(done) >= needed && fallbacks_done(done) == fallbacks_asked)
             .await;
         let answered: Vec<&Option<Record>> = gather
             .done()
             .iter()
             .filter_map(|(_, reply)| reply.as_ref().ok())
             .collect();
-        if answered.len() < needed {
+        if true_answers(gather.done()) < needed {
+            let answered = true_answers(gather.done());
             let corrupt = gather.done().iter().find_map(|(_, reply)| match reply {
                 Err(ReadFailure::Corrupt(message)) => Some(message.clone()),
                 _ => None,
@@ -391,7 +406,7 @@ impl Coordinator {
             if let Some(message) = corrupt {
                 return Err(CoordinatorError::Corrupt(message));
             }
-            let acked = u8::try_from(answered.len()).unwrap_or(u8::MAX);
+            let acked = u8::try_from(answered).unwrap_or(u8::MAX);
             return Err(CoordinatorError::QuorumUnavailable {
                 acked,
                 required,

@@ -455,9 +455,41 @@ async fn sloppy_quorum_hints_a_fallback_and_handoff_delivers() {
         "a hint, not data"
     );
     assert!(cluster.local(down, &key("k")).is_none());
-    // r=3 reads through the fallback in place of the down replica.
-    let record = coordinator.read(&key("k"), 3).await.unwrap().unwrap();
+    // Only true replicas count toward R: two are up, so r=3 fails, r=2 works.
+    assert!(matches!(
+        coordinator.read(&key("k"), 3).await,
+        Err(CoordinatorError::QuorumUnavailable { acked: 2, .. })
+    ));
+    let record = coordinator.read(&key("k"), 2).await.unwrap().unwrap();
     assert_eq!(values(&record), ["v"]);
+    // The fallback standing in for the down replica is read too, and what it holds
+    // for the key is merged in (here a hint only it has).
+    let elsewhere = Node::new(
+        Arc::new(MemoryEngine::new()),
+        cluster.clock.clone(),
+        ActorId(777),
+        ConflictPolicy::Siblings,
+    );
+    let only_hinted = elsewhere
+        .write(put("k", "hinted-elsewhere", Context::default()))
+        .unwrap()
+        .record;
+    cluster.nodes[&fallback]
+        .node
+        .store_hint(down, &key("k"), &only_hinted)
+        .unwrap()
+        .await
+        .unwrap();
+    let record = cluster
+        .coordinator(list[0].0)
+        .read(&key("k"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        values(&record).contains(&"hinted-elsewhere".to_string()),
+        "{record:?}"
+    );
 
     // Not handed off while the target is down.
     let report = cluster.handoff(fallback).round().await;

@@ -157,6 +157,9 @@ pub fn policy_for(seed: u64) -> ConflictPolicy {
     }
 }
 
+/// How long after heal the nodes keep gossiping and handing hints off, virtual ms.
+const HEAL_BACKGROUND_MS: u64 = 3_000;
+
 /// Longest a run may go on, virtual ms, before it counts as stuck.
 const MAX_VIRTUAL_MS: u64 = 600_000;
 
@@ -192,7 +195,9 @@ pub fn run(config: &Config) -> Report {
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let mut violations = Vec::new();
 
-    // Phase 1: clients under faults.
+    // Phase 1: clients under faults; the nodes gossip and hand hints off until the
+    // last client is done.
+    lock(&sim.core).clients_running = config.workload.clients;
     for id in 0..config.workload.clients {
         let task = workload::client(
             sim.clone(),
@@ -201,7 +206,14 @@ pub fn run(config: &Config) -> Report {
             history.clone(),
             config.workload.clone(),
         );
-        sim.spawn(Owner::Client, Box::pin(task));
+        let done = sim.clone();
+        sim.spawn(
+            Owner::Client,
+            Box::pin(async move {
+                task.await;
+                lock(&done.core).clients_running -= 1;
+            }),
+        );
     }
     // The nemesis stops around when the clients would be done without faults.
     let until = 30 * config.workload.ops_per_client as u64;
@@ -228,9 +240,24 @@ pub fn run(config: &Config) -> Report {
         core.crash_coordinator_per_mille = 0;
     }
     world.apply(Fault::Heal);
+    // Background work runs a while longer: nodes see each other healthy again and
+    // hand their hints off. Then the handoff checker, before any read repairs.
+    {
+        let mut core = lock(&sim.core);
+        core.background_until = Some(core.now + HEAL_BACKGROUND_MS);
+    }
+    for index in 0..config.nodes {
+        // Up nodes' loops ended with the clients; down nodes start theirs on boot.
+        world.start_background(index);
+    }
     for index in 0..config.nodes {
         world.apply(Fault::Restart(index));
     }
+    if !world.run_until(MAX_VIRTUAL_MS) {
+        violations.push("the cluster did not quiesce after heal".to_string());
+    }
+    let hints = std::mem::take(&mut lock(&sim.core).hints);
+    violations.extend(check::hints_handed_off(&world, &hints));
     let reads: Arc<Mutex<Vec<String>>> = Arc::default();
     if let Some(reader) = sim.node(0) {
         let (keys, reads, n) = (

@@ -3,7 +3,7 @@
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
 //! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
-//! `--canary-version` plant a known bug (see `Canary`).
+//! `--canary-version` / `--canary-hints` plant a known bug (see `Canary`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -77,6 +77,7 @@ fn parse() -> Result<Args, String> {
             "--canary-actor" => args.canary = Canary::ReuseActorAfterCrash,
             "--canary-context" => args.canary = Canary::IgnoreWriteContext,
             "--canary-version" => args.canary = Canary::ForgetSentVersion,
+            "--canary-hints" => args.canary = Canary::ForgetHintsBeforeAck,
             other => return Err(format!("unknown argument {other}")),
         }
     }

@@ -390,12 +390,28 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
         | PeerRequest::Replicate { .. }
         | PeerRequest::Hint { .. }
         | PeerRequest::Read { .. }) => {
+            let hint = match &request {
+                PeerRequest::Hint {
+                    target,
+                    key,
+                    record,
+                    ..
+                } => Some((*target, key.clone(), record.clone())),
+                _ => None,
+            };
             let reply = target.node.handle_replica(request);
             if let Some(durable) = reply.durable
                 && canary != Canary::AckBeforeDurable
                 && let Err(error) = durable.await
             {
                 return internal(format!("write applied but not durable: {error}"));
+            }
+            if let (Some((to, key, record)), PeerResponse::Ack) = (hint, &reply.response)
+                && let (Ok(index), Ok(record)) =
+                    (usize::try_from(to.0), ringkv_core::Record::decode(&record))
+            {
+                // The ledger the handoff checker walks: every hint stored durably.
+                lock(&target.sim.core).hints.push((index, key, record));
             }
             reply.response
         }

@@ -72,6 +72,9 @@ pub enum Canary {
     /// forgetting the version the client sent: a client that writes back with it
     /// no longer supersedes what it had read.
     ForgetSentVersion,
+    /// Hinted handoff forgets each hint before its target acknowledged it (and does
+    /// not wait for the answer): a hint lost on the way is gone.
+    ForgetHintsBeforeAck,
 }
 
 /// The network's knobs and who can talk to whom.
@@ -150,6 +153,23 @@ pub struct Core {
     /// Every write a replica applied, in order: the simulator's ground truth for the
     /// checkers (which dot each write got, what it superseded).
     pub applied: Vec<Applied>,
+    /// Every hint a node stored (acked `Hint`): target, key, record.
+    pub hints: Vec<(usize, bytes::Bytes, ringkv_core::Record)>,
+    /// Client tasks still running.
+    pub clients_running: usize,
+    /// When background work (gossip, handoff) stops: `None` once the clients are
+    /// done (the workload phase), `Some(t)` at virtual time t (after heal).
+    pub background_until: Option<u64>,
+}
+
+impl Core {
+    /// Whether the nodes' background loops should stop.
+    pub fn background_over(&self) -> bool {
+        match self.background_until {
+            None => self.clients_running == 0,
+            Some(until) => self.now >= until,
+        }
+    }
 }
 
 /// One write as a replica applied it (an `Update` answered with `Updated`), seen by
@@ -207,6 +227,9 @@ impl Sim {
                 crash_coordinator_per_mille: 0,
                 max_down: 0,
                 applied: Vec::new(),
+                hints: Vec::new(),
+                clients_running: 0,
+                background_until: None,
             }),
             ready: ReadyQueue::default(),
             nodes: Mutex::new(vec![None; nodes]),

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringkv_cluster::coordinator::WriteAck;
 use ringkv_cluster::{Write, WriteBody};
 use ringkv_core::{Context, Key, Record};
 
@@ -69,6 +70,10 @@ pub struct Entry {
     pub client: usize,
     pub node: usize,
     pub quorum: u8,
+    /// For an acked write: how many of its `quorum` acks were hints standing in for
+    /// replicas detected down (sloppy quorum). Only `quorum - hinted` true replicas
+    /// are sure to hold it until handoff.
+    pub hinted: u8,
     pub op: Op,
     pub start: u64,
     pub end: u64,
@@ -92,6 +97,13 @@ pub struct Workload {
     pub ttl_per_mille: u32,
     /// Most nodes down at once.
     pub max_down: usize,
+}
+
+impl Entry {
+    /// The write quorum true replicas reached: what quorum intersection may rely on.
+    pub fn strict_quorum(&self) -> u8 {
+        self.quorum.saturating_sub(self.hinted)
+    }
 }
 
 /// Compact text of a version: `{actor:n,..|cloud}`.
@@ -140,7 +152,7 @@ pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: Hist
             _ => Op::Get { key },
         };
         let start = sim.now();
-        let outcome = request(&sim, node, &op, keys[key].clone(), quorum).await;
+        let (outcome, hinted) = request(&sim, node, &op, keys[key].clone(), quorum).await;
         match &outcome {
             Outcome::Written(version) => {
                 known.insert(key, version.clone());
@@ -179,11 +191,19 @@ pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: Hist
             Op::Delete { seen, .. } => format!("delete k{key} seen={}", show(seen)),
             Op::Get { .. } => format!("get k{key}"),
         };
-        sim.log(&format!("c{id} via n{node} q={quorum} {what} -> {result}"));
+        let hint = if hinted > 0 {
+            format!(" ({hinted} hinted)")
+        } else {
+            String::new()
+        };
+        sim.log(&format!(
+            "c{id} via n{node} q={quorum} {what} -> {result}{hint}"
+        ));
         lock(&history).push(Entry {
             client: id,
             node,
             quorum,
+            hinted,
             op,
             start,
             end: sim.now(),
@@ -194,9 +214,9 @@ pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: Hist
 
 /// One request through node `node`'s coordinator. The request runs as that node's
 /// task, so a crash kills it (the client sees the connection drop).
-async fn request(sim: &Arc<Sim>, node: usize, op: &Op, key: Key, quorum: u8) -> Outcome {
+async fn request(sim: &Arc<Sim>, node: usize, op: &Op, key: Key, quorum: u8) -> (Outcome, u8) {
     let Some(target) = sim.node(node) else {
-        return Outcome::Failed("connection refused".into());
+        return (Outcome::Failed("connection refused".into()), 0);
     };
     let (tx, rx) = oneshot();
     let coordinator = target.coordinator.clone();
@@ -219,27 +239,30 @@ async fn request(sim: &Arc<Sim>, node: usize, op: &Op, key: Key, quorum: u8) -> 
                 } => {
                     let body = WriteBody::Value(Bytes::from(value.clone().into_bytes()));
                     let write = write(body, seen, *ttl_ms);
-                    written(coordinator.write(write, quorum, false).await)
+                    written(coordinator.write_acked(write, quorum, false).await)
                 }
                 Op::Delete { seen, .. } => written(
                     coordinator
-                        .write(write(WriteBody::Delete, seen, None), quorum, false)
+                        .write_acked(write(WriteBody::Delete, seen, None), quorum, false)
                         .await,
                 ),
                 Op::Get { .. } => match coordinator.read(&key, quorum).await {
-                    Ok(record) => Outcome::Read {
-                        record,
-                        now_ms: target.node.now_ms(),
-                    },
-                    Err(error) => Outcome::Failed(error.to_string()),
+                    Ok(record) => (
+                        Outcome::Read {
+                            record,
+                            now_ms: target.node.now_ms(),
+                        },
+                        0,
+                    ),
+                    Err(error) => (Outcome::Failed(error.to_string()), 0),
                 },
             };
             tx.send(outcome);
         }),
     );
-    let outcome = rx
+    let (outcome, hinted) = rx
         .await
-        .unwrap_or_else(|| Outcome::Failed("node crashed during the request".into()));
+        .unwrap_or_else(|| (Outcome::Failed("node crashed during the request".into()), 0));
     if matches!(outcome, Outcome::Written(_)) {
         // The coordinator dies the moment it has answered: whatever it had not
         // flushed yet is gone, and it restarts under a new actor.
@@ -250,13 +273,13 @@ async fn request(sim: &Arc<Sim>, node: usize, op: &Op, key: Key, quorum: u8) -> 
             core.schedule(now, Event::Fault(Fault::Crash(node)));
         }
     }
-    outcome
+    (outcome, hinted)
 }
 
-fn written<E: std::fmt::Display>(result: Result<Context, E>) -> Outcome {
+fn written<E: std::fmt::Display>(result: Result<WriteAck, E>) -> (Outcome, u8) {
     match result {
-        Ok(version) => Outcome::Written(version),
-        Err(error) => Outcome::Failed(error.to_string()),
+        Ok(ack) => (Outcome::Written(ack.version), ack.hinted),
+        Err(error) => (Outcome::Failed(error.to_string()), 0),
     }
 }
 

@@ -9,9 +9,11 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use ringkv_cluster::coordinator::{Coordinator, Settings};
-use ringkv_cluster::membership::{Detector, Membership};
-use ringkv_cluster::{BoxFuture, ManualClock, Node};
+use ringkv_cluster::handoff::{Handoff, HandoffSettings};
+use ringkv_cluster::membership::{Detector, Liveness, Membership};
+use ringkv_cluster::{BoxFuture, Clock, ManualClock, Node, Peer, Transport};
 use ringkv_core::ring::{Ring, allocate_tokens};
+use ringkv_core::wire::PeerRequest;
 use ringkv_core::{ActorId, ConflictPolicy, Member, MemberState, NodeId};
 
 use crate::disk::SimDisk;
@@ -37,6 +39,35 @@ pub struct WorldConfig {
     pub max_skew_ms: u64,
     pub keep_trace: bool,
     pub policy: ConflictPolicy,
+}
+
+/// Gossip and handoff rounds, virtual ms.
+pub const GOSSIP_INTERVAL_MS: u64 = 100;
+
+/// The failure detector of every simulated node: short enough that crashes and
+/// partitions make nodes suspicious and down, so sloppy quorum and handoff run.
+pub const DETECTOR: Detector = Detector {
+    suspicion_ms: 300,
+    down_ms: 600,
+    permanent_ms: u64::MAX,
+};
+
+/// A node's clocks: its (skewed, jumping) wall clock, and virtual time as the
+/// monotonic clock the failure detector measures silence with (as `Instant` in
+/// production: immune to clock jumps).
+struct NodeClock {
+    wall: Arc<ManualClock>,
+    sim: std::sync::Weak<Sim>,
+}
+
+impl Clock for NodeClock {
+    fn now_ms(&self) -> u64 {
+        self.wall.now_ms()
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.sim.upgrade().map_or(0, |sim| sim.now())
+    }
 }
 
 /// Largest skew clock jumps may build up, either way.
@@ -117,11 +148,16 @@ impl World {
         } else {
             ActorId(((index as u64) << 32) | incarnation)
         };
-        let membership = Arc::new(Membership::new(
-            self.members[index].clone(),
-            self.clocks[index].clone(),
-            Detector::NEVER,
-        ));
+        // Every start is a new generation, as `server::identity` makes it.
+        let me = Member {
+            generation: incarnation + 1,
+            ..self.members[index].clone()
+        };
+        let clock = Arc::new(NodeClock {
+            wall: self.clocks[index].clone(),
+            sim: Arc::downgrade(&self.sim),
+        });
+        let membership = Arc::new(Membership::new(me, clock, DETECTOR));
         membership.merge(self.members.clone());
         let node = Arc::new(Node::new(
             self.engines[index].clone(),
@@ -129,21 +165,25 @@ impl World {
             actor,
             self.config.policy,
         ));
+        let transport: Arc<dyn Transport> = Arc::new(SimTransport {
+            sim: self.sim.clone(),
+            from: index,
+        });
+        let spawner = Arc::new(SimSpawn {
+            sim: self.sim.clone(),
+            node: index,
+        });
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let coordinator = Arc::new(Coordinator::new(
             membership.clone(),
-            Arc::new(SimTransport {
-                sim: self.sim.clone(),
-                from: index,
-            }),
-            Arc::new(SimSpawn {
-                sim: self.sim.clone(),
-                node: index,
-            }),
+            transport.clone(),
+            spawner.clone(),
             Settings {
                 replication_factor: self.config.replication_factor,
-                request_timeout: Duration::from_millis(self.config.request_timeout_ms),
+                request_timeout: timeout,
             },
         ));
+
         lock(&self.sim.nodes)[index] = Some(Arc::new(SimNode {
             node,
             membership,
@@ -152,6 +192,54 @@ impl World {
             disk: self.engines[index].clone(),
             sim: self.sim.clone(),
         }));
+        self.start_background(index);
+    }
+
+    /// Starts node `index`'s background loop (gossip and handoff rounds until
+    /// `Core::background_over`), if it is up.
+    pub fn start_background(&self, index: usize) {
+        let Some(sim_node) = self.sim.node(index) else {
+            return;
+        };
+        let canary = lock(&self.sim.core).canary;
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let transport = sim_node.coordinator.transport().clone();
+        let handoff = Handoff::new(
+            sim_node.node.clone(),
+            sim_node.membership.clone(),
+            transport.clone(),
+            Arc::new(SimSpawn {
+                sim: self.sim.clone(),
+                node: index,
+            }),
+            HandoffSettings {
+                hint_ttl_ms: u64::MAX,
+                bytes_per_round: u64::MAX,
+                request_timeout: timeout,
+            },
+        );
+        self.sim.spawn(
+            Owner::Node(index),
+            Box::pin(background(
+                self.sim.clone(),
+                sim_node.membership.clone(),
+                transport,
+                handoff,
+                sim_node.node.clone(),
+                canary,
+                timeout.min(Duration::from_millis(GOSSIP_INTERVAL_MS)),
+            )),
+        );
+    }
+
+    /// The simulated nodes' liveness as node `index` sees them.
+    pub fn liveness(&self, index: usize) -> Vec<Liveness> {
+        let Some(node) = self.sim.node(index) else {
+            return Vec::new();
+        };
+        (0..self.config.nodes)
+            .map(|other| node.membership.liveness(NodeId(other as u64)))
+            .collect()
     }
 
     fn set_clocks(&self, now: u64) {
@@ -332,5 +420,69 @@ impl Drop for World {
         drop(inbox);
         let nodes = std::mem::take(&mut *lock(&self.sim.nodes));
         drop(nodes);
+    }
+}
+
+/// A node's background work, one round per `GOSSIP_INTERVAL_MS` until the run says
+/// stop (`Core::background_over`): a gossip round, then a handoff round (or, under
+/// `Canary::ForgetHintsBeforeAck`, a broken handoff that forgets each hint first).
+async fn background(
+    sim: Arc<Sim>,
+    membership: Arc<Membership>,
+    transport: Arc<dyn Transport>,
+    handoff: Handoff,
+    node: Arc<Node>,
+    canary: Canary,
+    timeout: Duration,
+) {
+    loop {
+        sim.sleep(GOSSIP_INTERVAL_MS).await;
+        if lock(&sim.core).background_over() {
+            return;
+        }
+        membership.gossip_round(transport.as_ref(), timeout).await;
+        if canary == Canary::ForgetHintsBeforeAck {
+            forget_then_send(&membership, transport.as_ref(), &node, timeout);
+        } else {
+            handoff.round().await;
+        }
+    }
+}
+
+/// The planted handoff bug: forget each hint of a healthy target, then send it
+/// without waiting for (or checking) the answer.
+fn forget_then_send(
+    membership: &Membership,
+    transport: &dyn Transport,
+    node: &Node,
+    timeout: Duration,
+) {
+    let targets: Vec<NodeId> = node.hint_stats().by_target.into_keys().collect();
+    for target in targets {
+        if membership.liveness(target) != Liveness::Healthy {
+            continue;
+        }
+        let Some(peer) = membership.peer(target) else {
+            continue;
+        };
+        let Ok(hints) = node.hints(target, None, ringkv_cluster::handoff::PAGE) else {
+            continue;
+        };
+        for hint in hints {
+            if node.forget_hint(&hint).unwrap_or(false) {
+                let request = PeerRequest::Replicate {
+                    key: hint.key.to_bytes(),
+                    record: bytes::Bytes::from(hint.record.encode()),
+                };
+                drop(transport.call(
+                    &Peer {
+                        id: peer.id,
+                        addr: peer.addr.clone(),
+                    },
+                    request,
+                    timeout,
+                ));
+            }
+        }
     }
 }

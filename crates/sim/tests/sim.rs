@@ -119,6 +119,14 @@ fn the_checkers_catch_a_version_that_forgets_what_the_write_was_sent_with() {
     assert!(caught.is_some(), "the canary went unnoticed");
 }
 
+/// Hinted handoff that forgets a hint before its target acknowledged it loses the
+/// hints the network drops: the handoff checker must see it within 200 seeds.
+#[test]
+fn the_checkers_catch_hints_forgotten_before_the_target_acked() {
+    let caught = first_caught(Canary::ForgetHintsBeforeAck, 0..200, "never reached it");
+    assert!(caught.is_some(), "the canary went unnoticed");
+}
+
 /// A node restarted after a crash under its old actor id numbers a write with a
 /// dot it already gave another write: the ground truth sees it within 200 seeds.
 #[test]
@@ -129,7 +137,9 @@ fn the_checkers_catch_an_actor_reused_after_a_crash() {
 
 /// The faults of a faulty run all happen in a handful of seeds, and show in the
 /// trace: duplicated requests, one-way partitions, partitions that move without a
-/// heal, clock jumps both ways; and clients put with TTLs.
+/// heal, clock jumps both ways; and clients put with TTLs. The failure detector
+/// acts on them: hints are stored, some writes are acked with hints (sloppy
+/// quorum), and handoff sends hints back.
 #[test]
 fn every_kind_of_fault_happens() {
     let mut trace = Vec::new();
@@ -155,6 +165,8 @@ fn every_kind_of_fault_happens() {
     }
     let count = |needle: &str| trace.iter().filter(|l| l.contains(needle)).count();
     assert!(count(" DUP @") > 0, "no request was duplicated");
+    assert!(count("Hint for") > 0, "no hint was stored");
+    assert!(count("hinted)") > 0, "no write was acked with hints");
     assert!(count("FAULT OneWay") > 0, "no one-way partition");
     assert!(count("FAULT ClockJump") > 0, "no clock jump");
     assert!(count("by_ms: -") > 0, "no clock jumped back");

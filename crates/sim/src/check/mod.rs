@@ -15,6 +15,12 @@
 //! * a dot is issued once: no two applied writes of a key got the same dot;
 //! * no resurrection: nothing an acked write superseded is a sibling after heal;
 //! * no invented values: reads and final records hold only values clients put.
+//! * hints are handed off (checked after heal and the background window, before the
+//!   final read repairs anything): every hint a node stored durably (the `hints`
+//!   ledger) is covered by its target's own record: sloppy quorum's promise.
+//!
+//! A write acked with hints (`Entry::hinted`) counts only its true replicas
+//! (`Entry::strict_quorum`) toward the quorum-intersection checks below.
 //!
 //! Versions (`versions`):
 //! * no false siblings: two versions held together (by a read or after heal) come
@@ -44,7 +50,7 @@ use crate::sim::Applied;
 use crate::workload::{Entry, Op, Outcome};
 
 pub use state::{
-    convergence, dots_are_unique, no_acked_write_lost, no_invented_values,
+    convergence, dots_are_unique, hints_handed_off, no_acked_write_lost, no_invented_values,
     nothing_superseded_returns, stored,
 };
 pub use versions::{no_false_siblings, reads_cover_acked_versions, writes_cover_their_versions};
@@ -285,6 +291,7 @@ mod fixtures {
             client: 0,
             node: 0,
             quorum: 2,
+            hinted: 0,
             op: Op::Put {
                 key: 0,
                 value: value.into(),
@@ -303,6 +310,7 @@ mod fixtures {
             client: 1,
             node: 0,
             quorum: 2,
+            hinted: 0,
             op: Op::Get { key: 0 },
             start,
             end: start + 1,

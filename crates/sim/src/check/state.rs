@@ -19,6 +19,38 @@ pub fn stored(world: &World, key: &Key) -> Vec<Result<Option<Record>, String>> {
         .collect()
 }
 
+/// Hints are handed off: every hint stored durably (`hints`: target, key, record)
+/// is covered by the target's own record (its version includes the hint's).
+pub fn hints_handed_off(world: &World, hints: &[(usize, bytes::Bytes, Record)]) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (target, key, hint) in hints {
+        let name = String::from_utf8_lossy(key);
+        let Ok(key) = Key::from_stored(key.clone()) else {
+            violations.push(format!("{name}: a hint with an invalid key"));
+            continue;
+        };
+        let held = world.engines.get(*target).map(|engine| engine.get(&key));
+        let covered = match &held {
+            Some(Ok(Some(record))) => record.context().includes(hint.context()),
+            Some(Ok(None)) => hint.is_empty(),
+            _ => false,
+        };
+        if !covered {
+            violations.push(format!(
+                "{name}: a hint for n{target} (version {}) never reached it: it holds {}",
+                show(hint.context()),
+                match held {
+                    Some(Ok(Some(record))) => show(record.context()),
+                    Some(Ok(None)) => "nothing".into(),
+                    Some(Err(error)) => error.to_string(),
+                    None => "no such node".into(),
+                }
+            ));
+        }
+    }
+    violations
+}
+
 /// Convergence: every replica of a key holds an identical record, and nodes that are
 /// not replicas hold nothing.
 pub fn convergence(world: &World, keys: &[Key], replicas: &[Vec<NodeId>]) -> Vec<String> {

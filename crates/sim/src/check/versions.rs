@@ -98,7 +98,7 @@ pub fn reads_cover_acked_versions(facts: &Facts) -> Vec<String> {
         for read in &reads {
             if read.key != write.op.key()
                 || read.start < write.end
-                || u16::from(read.quorum) + u16::from(write.quorum) <= u16::from(facts.n)
+                || u16::from(read.quorum) + u16::from(write.strict_quorum()) <= u16::from(facts.n)
             {
                 continue;
             }

@@ -68,7 +68,7 @@ pub fn reads_show_acked_values(facts: &Facts, observations: &[Observation]) -> V
         for read in observations {
             if read.key != key
                 || read.start < write.end
-                || u16::from(read.quorum) + u16::from(write.quorum) <= u16::from(facts.n)
+                || u16::from(read.quorum) + u16::from(write.strict_quorum()) <= u16::from(facts.n)
             {
                 continue;
             }
