@@ -82,27 +82,6 @@ async fn wait_for_hints_drained(cluster: &Cluster, holders: &[usize], about: usi
     }
 }
 
-/// Whether node `index` holds `key` exactly as every other replica does (same
-/// record digest, per `/v1/debug/key`, which reads each replica locally).
-async fn holds(cluster: &Cluster, index: usize, key: &str) -> bool {
-    let debug = cluster.json(index, &format!("/v1/debug/key/{key}")).await;
-    let replicas = debug["replicas"].as_array().unwrap();
-    let id = cluster.nodes[index].node_id;
-    let digest_of = |node: u64| {
-        replicas
-            .iter()
-            .find(|replica| replica["node"] == node)
-            .and_then(|replica| replica["digest"].as_str())
-            .map(str::to_string)
-    };
-    let mine = digest_of(id);
-    mine.is_some()
-        && cluster
-            .nodes
-            .iter()
-            .all(|node| digest_of(node.node_id) == mine)
-}
-
 /// Writes `keys` with w=2 through the nodes in `via` in turn; asserts each succeeds
 /// and returns the latencies.
 async fn write_all(cluster: &Cluster, via: &[usize], keys: &[String]) -> Vec<Duration> {
@@ -177,7 +156,7 @@ async fn a_paused_node_is_detected_and_handed_every_write_it_missed() {
     let drained = wait_for_hints_drained(&cluster, &[0, 1], paused).await;
     for key in &keys {
         assert!(
-            holds(&cluster, paused, key).await,
+            cluster.holds_like_the_others(paused, key).await,
             "node {paused} misses {key} after handoff"
         );
     }
@@ -216,7 +195,7 @@ async fn hints_survive_a_crash_of_the_node_holding_them() {
     wait_for_hints_drained(&cluster, &[holder], paused).await;
     for key in &keys {
         assert!(
-            holds(&cluster, paused, key).await,
+            cluster.holds_like_the_others(paused, key).await,
             "node {paused} misses {key}"
         );
     }

@@ -14,10 +14,13 @@
 //! * `membership`: the member table, its merge, the ring computed from it, gossip
 //!   rounds and the failure detector (`Liveness`).
 //! * `handoff`: hands hints back to their targets once they are healthy again.
+//! * `antientropy`: Merkle-tree comparison of shared arcs with peers, and the repair
+//!   of the keys that differ.
 //! * `gather`: wait for the first k of several calls without spawning.
 //!
-//! Anti-entropy arrives with its issue.
+//! Join, decommission and removal arrive with their issue.
 
+pub mod antientropy;
 pub mod clock;
 pub mod coordinator;
 mod gather;

@@ -118,6 +118,9 @@ struct State {
 /// This node's view of the cluster.
 pub struct Membership {
     me: NodeId,
+    /// The newest news others sent about this node (a previous run of it, seen by
+    /// a node that starts over an empty data directory).
+    reported_me: Mutex<Option<Member>>,
     state: RwLock<State>,
     clock: Arc<dyn Clock>,
     detector: Detector,
@@ -163,6 +166,7 @@ impl Membership {
         ));
         Membership {
             me: id,
+            reported_me: Mutex::new(None),
             state: RwLock::new(State {
                 members,
                 ring,
@@ -176,6 +180,16 @@ impl Membership {
 
     pub fn detector(&self) -> Detector {
         self.detector
+    }
+
+    /// The newest entry other nodes hold about this node, if any reached it: what a
+    /// node restarting over an empty data directory resumes from (its tokens, and a
+    /// generation to outbid).
+    pub fn reported_me(&self) -> Option<Member> {
+        self.reported_me
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn me(&self) -> NodeId {
@@ -336,6 +350,16 @@ impl Membership {
         let now = self.clock.monotonic_ms();
         for member in news {
             if member.id == self.me {
+                let mut reported = self
+                    .reported_me
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if reported
+                    .as_ref()
+                    .is_none_or(|known| member.supersedes(known))
+                {
+                    *reported = Some(member);
+                }
                 continue;
             }
             if let Err(reason) = check(&member) {

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::{ActorId, Body, ConflictPolicy, Context, HlcClock, Key, NodeId, Record, Sibling};
+use ringkv_core::merkle::{FANOUT, Forest, key_digest};
+use ringkv_core::{
+    ActorId, Body, ConflictPolicy, Context, HlcClock, Key, NodeId, Record, Sibling, TokenRange,
+};
 use ringkv_storage::{Engine, Hint, HintStats, StorageError, SyncWait};
 
 use crate::Clock;
@@ -79,6 +82,14 @@ pub struct Node {
     policy: ConflictPolicy,
     /// Most bytes of hints this node holds for others (`max_hints_bytes`).
     max_hints_bytes: u64,
+    /// Merkle trees of the arcs this node replicates (anti-entropy), kept up to date
+    /// by every write; empty until `rebuild_trees`.
+    trees: Mutex<Forest>,
+}
+
+/// What a record contributes to its Merkle leaf.
+fn digest(key: &Key, record: &Record) -> u64 {
+    key_digest(key.as_bytes(), &record.encode())
 }
 
 impl Node {
@@ -96,7 +107,120 @@ impl Node {
             actor,
             policy,
             max_hints_bytes: u64::MAX,
+            trees: Mutex::new(Forest::default()),
         }
+    }
+
+    /// `Engine::apply`, keeping the Merkle trees in step: XORs out the digest of
+    /// the record replaced and XORs in the new one once it is stored.
+    fn apply(
+        &self,
+        key: &Key,
+        change: &mut dyn FnMut(Option<Record>) -> Option<Record>,
+    ) -> Result<Option<Record>, StorageError> {
+        let mut replaced = None;
+        let mut changed = false;
+        let stored = self.engine.apply(key, &mut |current| {
+            let before = current.as_ref().map(|record| digest(key, record));
+            let next = change(current);
+            if next.is_some() {
+                replaced = before;
+                changed = true;
+            }
+            next
+        })?;
+        if changed {
+            let mut trees = self.trees.lock().expect("tree lock is never poisoned");
+            if let Some(old) = replaced {
+                trees.toggle(key.token(), old);
+            }
+            if let Some(new) = &stored {
+                trees.toggle(key.token(), digest(key, new));
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Builds the Merkle trees of `arcs` from what storage holds now (at start, and
+    /// when the arcs this node replicates change). Writes that land during the scan
+    /// may be counted twice or not at all in the new trees; anti-entropy then
+    /// compares key digests computed from storage, so the cost is a wasted exchange
+    /// or a difference found one rebuild later, never a wrong repair.
+    ///
+    /// # Errors
+    /// Storage errors (the old trees stay).
+    pub fn rebuild_trees(&self, arcs: Vec<TokenRange>) -> Result<(), NodeError> {
+        let mut forest = Forest::new(arcs.clone());
+        for arc in arcs {
+            let mut after: Option<Key> = None;
+            loop {
+                let page = self.engine.scan(arc, after.as_ref(), 1024)?;
+                for (key, record) in &page {
+                    forest.toggle(key.token(), digest(key, record));
+                }
+                match page.last() {
+                    Some((key, _)) if page.len() == 1024 => after = Some(key.clone()),
+                    _ => break,
+                }
+            }
+        }
+        *self.trees.lock().expect("tree lock is never poisoned") = forest;
+        Ok(())
+    }
+
+    /// The arcs this node keeps trees of.
+    pub fn tree_arcs(&self) -> Vec<TokenRange> {
+        self.trees
+            .lock()
+            .expect("tree lock is never poisoned")
+            .ranges()
+    }
+
+    /// The Merkle root of each arc (`None` for an arc without a tree here).
+    pub fn tree_roots(&self, arcs: &[TokenRange]) -> Vec<Option<u64>> {
+        let trees = self.trees.lock().expect("tree lock is never poisoned");
+        arcs.iter()
+            .map(|arc| trees.tree(*arc).map(|tree| tree.root()))
+            .collect()
+    }
+
+    /// The children of an arc's tree (`child` = `None`) or the leaves under one
+    /// child; `None` without a tree of the arc or for a child past `FANOUT`.
+    pub fn tree_hashes(&self, arc: TokenRange, child: Option<usize>) -> Option<[u64; FANOUT]> {
+        let trees = self.trees.lock().expect("tree lock is never poisoned");
+        let tree = trees.tree(arc)?;
+        match child {
+            None => Some(tree.children()),
+            Some(child) if child < FANOUT => Some(tree.leaves_of(child)),
+            Some(_) => None,
+        }
+    }
+
+    /// The token range of leaf `leaf` of `arc`'s tree.
+    pub fn leaf_range(&self, arc: TokenRange, leaf: usize) -> Option<TokenRange> {
+        let trees = self.trees.lock().expect("tree lock is never poisoned");
+        trees.tree(arc)?.leaf_range(leaf)
+    }
+
+    /// Every key stored in `range` with its digest, in token order, at most `limit`;
+    /// the flag says whether that was all of them.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn digests(
+        &self,
+        range: TokenRange,
+        limit: usize,
+    ) -> Result<(Vec<(Key, u64)>, bool), NodeError> {
+        let page = self.engine.scan(range, None, limit.saturating_add(1))?;
+        let complete = page.len() <= limit;
+        Ok((
+            page.iter()
+                .take(limit)
+                .map(|(key, record)| (key.clone(), digest(key, record)))
+                .collect(),
+            complete,
+        ))
     }
 
     /// Caps the hints this node holds for others (`max_hints_bytes`).
@@ -220,7 +344,7 @@ impl Node {
         let mut version = write.seen.clone();
         let mut written = None;
         let mut too_many = None;
-        let stored = self.engine.apply(&write.key, &mut |stored| {
+        let stored = self.apply(&write.key, &mut |stored| {
             let mut record = stored.unwrap_or_default();
             let mut seen = write.seen.clone();
             if self.policy == ConflictPolicy::Lww {
@@ -281,7 +405,7 @@ impl Node {
         }
         // Nothing is written when the record adds nothing (the coordinator's own
         // replica after its `Update`); the barrier still covers earlier writes.
-        self.engine.apply(key, &mut |stored| {
+        self.apply(key, &mut |stored| {
             let mut merged = stored.clone().unwrap_or_default();
             merged.sync(record);
             (stored.as_ref() != Some(&merged)).then_some(merged)

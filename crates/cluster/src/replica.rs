@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse, WireWrite};
+use ringkv_core::wire::{
+    MAX_ARCS_PER_REQUEST, MAX_DIGESTS, PeerError, PeerRequest, PeerResponse, WireWrite,
+};
 use ringkv_core::{Context, Key, Record};
 use ringkv_storage::{StorageError, SyncWait};
 
@@ -169,6 +171,41 @@ impl Node {
                         response: PeerResponse::Ack,
                         durable: Some(durable),
                     },
+                    Err(error) => ReplicaReply::error(error.into()),
+                }
+            }
+            PeerRequest::TreeRoots { arcs } => {
+                if arcs.len() > MAX_ARCS_PER_REQUEST {
+                    return ReplicaReply::error(invalid(format!(
+                        "{} arcs asked at once, more than {MAX_ARCS_PER_REQUEST}",
+                        arcs.len()
+                    )));
+                }
+                ReplicaReply::now(PeerResponse::Roots {
+                    roots: self.tree_roots(&arcs),
+                })
+            }
+            PeerRequest::TreeHashes { arc, child } => {
+                let hashes = self
+                    .tree_hashes(arc, child.map(usize::from))
+                    .map(|hashes| hashes.to_vec())
+                    .unwrap_or_default();
+                ReplicaReply::now(PeerResponse::Hashes { hashes })
+            }
+            PeerRequest::LeafDigests { range } => {
+                if range.start > range.end {
+                    return ReplicaReply::error(invalid(
+                        "a token range that ends before it starts".into(),
+                    ));
+                }
+                match self.digests(range, MAX_DIGESTS) {
+                    Ok((keys, complete)) => ReplicaReply::now(PeerResponse::Digests {
+                        keys: keys
+                            .into_iter()
+                            .map(|(key, digest)| (key.to_bytes(), digest))
+                            .collect(),
+                        complete,
+                    }),
                     Err(error) => ReplicaReply::error(error.into()),
                 }
             }

@@ -34,7 +34,7 @@ impl std::fmt::Display for Token {
 }
 
 /// Tokens `start..=end`. Ranges that wrap around the ring are split by the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRange {
     pub start: Token,
     pub end: Token,

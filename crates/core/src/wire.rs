@@ -8,7 +8,13 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::TokenRange;
 use crate::member::{Member, NodeId};
+
+/// Most arcs one `TreeRoots` may ask about.
+pub const MAX_ARCS_PER_REQUEST: usize = 65_536;
+/// Most keys one `Digests` answer lists.
+pub const MAX_DIGESTS: usize = 16_384;
 
 /// Version of the peer protocol; a handshake with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -49,6 +55,15 @@ pub enum PeerRequest {
         key: Bytes,
         record: Bytes,
     },
+    /// Anti-entropy: the receiver's Merkle root of each of these arcs (`Roots`,
+    /// `None` for an arc it has no tree of). At most `MAX_ARCS_PER_REQUEST`.
+    TreeRoots { arcs: Vec<TokenRange> },
+    /// Anti-entropy: the `FANOUT` children of an arc's tree (`child` = `None`) or the
+    /// leaves under one child (`Hashes`).
+    TreeHashes { arc: TokenRange, child: Option<u8> },
+    /// Anti-entropy: every key the receiver holds in `range` with its digest
+    /// (`Digests`), at most `MAX_DIGESTS` of them.
+    LeafDigests { range: TokenRange },
 }
 
 /// An answer to a `PeerRequest`.
@@ -73,6 +88,20 @@ pub enum PeerResponse {
     },
     Members {
         members: Vec<Member>,
+    },
+    /// `TreeRoots`: one per arc asked, in order.
+    Roots {
+        roots: Vec<Option<u64>>,
+    },
+    /// `TreeHashes` (empty when the receiver has no tree of the arc).
+    Hashes {
+        hashes: Vec<u64>,
+    },
+    /// `LeafDigests`: keys and digests in token order; `complete` is false when the
+    /// range held more than `MAX_DIGESTS` keys (the rest were left out).
+    Digests {
+        keys: Vec<(Bytes, u64)>,
+        complete: bool,
     },
     Error(PeerError),
 }

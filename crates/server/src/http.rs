@@ -15,6 +15,7 @@ use axum::routing::{any, get};
 use base64::Engine as _;
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
+use ringkv_cluster::antientropy::AntiEntropy;
 use ringkv_cluster::coordinator::{Coordinator, CoordinatorError};
 use ringkv_cluster::{Node, Quorum, Write, WriteBody};
 use ringkv_core::{Body, Key, Limits, Member, MemberState, ReadView, Sibling};
@@ -36,6 +37,7 @@ pub struct AppState {
     pub read_quorum: u8,
     pub write_quorum: u8,
     pub metrics: PrometheusHandle,
+    pub anti_entropy: Arc<AntiEntropy>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -47,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/ring", get(cluster_ring))
+        .route("/v1/cluster/anti-entropy", get(anti_entropy_status))
         .route("/v1/debug/key/{*key}", get(debug_key))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track))
@@ -110,14 +113,55 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
         })
     });
     let held = hints.total();
+    let (arcs, totals) = app.anti_entropy.status();
+    let converged: Vec<u64> = arcs
+        .iter()
+        .filter_map(|(_, s)| s.last_converged_ms)
+        .collect();
+    let now_ms = app.node.now_ms();
     Json(json!({
         "node_id": app.node_id,
+        "anti_entropy": {
+            "rounds": totals.rounds,
+            "keys_repaired": totals.keys_repaired,
+            "record_bytes": totals.record_bytes,
+            "exchange_bytes": totals.exchange_bytes,
+            "arcs": arcs.len(),
+            "arcs_converged": converged.len(),
+            "oldest_converged_ms_ago": converged.iter().min().map(|at| now_ms.saturating_sub(*at)),
+        },
         "hints_held": held.hints,
         "hint_bytes_held": held.bytes,
         "replication_factor": app.replication_factor,
         "read_quorum": app.read_quorum,
         "write_quorum": app.write_quorum,
         "nodes": nodes,
+    }))
+}
+
+/// Every arc this node replicates: when anti-entropy last saw it match a peer's,
+/// and how many keys it repaired there.
+async fn anti_entropy_status(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let (arcs, totals) = app.anti_entropy.status();
+    let now_ms = app.node.now_ms();
+    let arcs: Vec<Value> = arcs
+        .iter()
+        .map(|(arc, status)| {
+            json!({
+                "start": arc.start.to_string(),
+                "end": arc.end.to_string(),
+                "last_converged_ms_ago": status.last_converged_ms.map(|at| now_ms.saturating_sub(at)),
+                "keys_repaired": status.repaired,
+            })
+        })
+        .collect();
+    Json(json!({
+        "node_id": app.node_id,
+        "rounds": totals.rounds,
+        "keys_repaired": totals.keys_repaired,
+        "record_bytes": totals.record_bytes,
+        "exchange_bytes": totals.exchange_bytes,
+        "arcs": arcs,
     }))
 }
 

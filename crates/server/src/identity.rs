@@ -120,6 +120,16 @@ pub fn next_generation(engine: &dyn Engine) -> Result<u64, IdentityError> {
     Ok(generation)
 }
 
+/// Raises the stored generation to `generation` (when the cluster remembers a run of
+/// this node newer than its data directory does: the directory was lost).
+///
+/// # Errors
+/// Storage errors.
+pub fn store_generation(engine: &dyn Engine, generation: u64) -> Result<(), IdentityError> {
+    engine.meta_put(GENERATION, &generation.to_be_bytes())?;
+    Ok(())
+}
+
 /// The ring tokens this node took when it first joined, if it has joined before.
 ///
 /// # Errors

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use ringkv_cluster::antientropy::{AntiEntropy, AntiEntropySettings};
 use ringkv_cluster::coordinator::{Coordinator, Settings};
 use ringkv_cluster::handoff::{Handoff, HandoffSettings};
 use ringkv_cluster::membership::{Detector, Membership};
@@ -254,7 +255,37 @@ impl Server {
                 });
             }
         }
-        if first_join {
+        // A node whose data directory was lost comes back as itself: the cluster
+        // remembers its tokens, and its new generation must outbid the old run's.
+        let remembered = membership
+            .reported_me()
+            .filter(|old| old.state == MemberState::Normal);
+        if let Some(old) = &remembered
+            && old.generation >= member.generation
+        {
+            member.generation = old.generation + 1;
+            let (engine, generation) = (engine.clone(), member.generation);
+            tokio::task::spawn_blocking(move || {
+                identity::store_generation(engine.as_ref(), generation)
+            })
+            .await
+            .map_err(|error| StartError::Task(error.to_string()))??;
+        }
+        let adopted = remembered.filter(|old| {
+            first_join && !old.tokens.is_empty() && old.tokens.len() == usize::from(config.vnodes)
+        });
+        if let Some(old) = adopted {
+            tracing::warn!(
+                generation = member.generation,
+                "this node's data directory is new but the cluster knows it: taking back its ring tokens; anti-entropy restores its data"
+            );
+            member.tokens = old.tokens;
+            let engine = engine.clone();
+            let tokens = member.tokens.clone();
+            tokio::task::spawn_blocking(move || identity::store_tokens(engine.as_ref(), &tokens))
+                .await
+                .map_err(|error| StartError::Task(error.to_string()))??;
+        } else if first_join {
             let ring = membership.ring();
             let weights = membership
                 .members()
@@ -315,7 +346,7 @@ impl Server {
             node.clone(),
             membership.clone(),
             transport.clone(),
-            spawner,
+            spawner.clone(),
             HandoffSettings {
                 hint_ttl_ms: config.hint_ttl_ms,
                 bytes_per_round: bytes_per_round(config.streaming_bytes_per_sec, gossip_interval),
@@ -323,6 +354,26 @@ impl Server {
             },
         );
         tasks.spawn(handoff_loop(handoff, gossip_interval, shutdown.clone()));
+        let anti_entropy_interval = Duration::from_millis(config.anti_entropy_interval_ms);
+        let anti_entropy = Arc::new(AntiEntropy::new(
+            node.clone(),
+            membership.clone(),
+            transport.clone(),
+            spawner.clone(),
+            AntiEntropySettings {
+                replication_factor: config.replication_factor,
+                bytes_per_round: bytes_per_round(
+                    config.streaming_bytes_per_sec,
+                    anti_entropy_interval,
+                ),
+                request_timeout: timeout,
+            },
+        ));
+        tasks.spawn(anti_entropy_loop(
+            anti_entropy.clone(),
+            anti_entropy_interval,
+            shutdown.clone(),
+        ));
 
         let metrics = metrics::handle();
         let state = Arc::new(http::AppState {
@@ -337,6 +388,7 @@ impl Server {
             read_quorum: config.read_quorum,
             write_quorum: config.write_quorum,
             metrics: metrics.clone(),
+            anti_entropy,
         });
         let app = http::router(state);
         let http = {
@@ -473,6 +525,26 @@ async fn handoff_loop(handoff: Handoff, interval: Duration, shutdown: Cancellati
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = handoff.round() => {}
+        }
+    }
+}
+
+/// One anti-entropy round per `interval` (the first builds the Merkle trees).
+async fn anti_entropy_loop(
+    anti_entropy: Arc<AntiEntropy>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = anti_entropy.round() => {}
         }
     }
 }

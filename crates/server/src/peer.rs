@@ -106,6 +106,9 @@ impl PeerHandler for PeerService {
             request @ (PeerRequest::Update { .. }
             | PeerRequest::Replicate { .. }
             | PeerRequest::Hint { .. }
+            | PeerRequest::TreeRoots { .. }
+            | PeerRequest::TreeHashes { .. }
+            | PeerRequest::LeafDigests { .. }
             | PeerRequest::Read { .. }) => {
                 let (node, storage) = (self.node.clone(), self.storage.clone());
                 Box::pin(async move {

@@ -144,6 +144,9 @@ pub fn may_duplicate(request: &PeerRequest) -> bool {
         | PeerRequest::Read { .. }
         | PeerRequest::Sync
         | PeerRequest::Hint { .. }
+        | PeerRequest::TreeRoots { .. }
+        | PeerRequest::TreeHashes { .. }
+        | PeerRequest::LeafDigests { .. }
         | PeerRequest::Members { .. } => true,
         PeerRequest::Update { .. } | PeerRequest::Coordinate { .. } => false,
     }
@@ -389,6 +392,9 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
         request @ (PeerRequest::Update { .. }
         | PeerRequest::Replicate { .. }
         | PeerRequest::Hint { .. }
+        | PeerRequest::TreeRoots { .. }
+        | PeerRequest::TreeHashes { .. }
+        | PeerRequest::LeafDigests { .. }
         | PeerRequest::Read { .. }) => {
             let hint = match &request {
                 PeerRequest::Hint {
@@ -448,6 +454,11 @@ fn describe_request(request: &PeerRequest) -> String {
         } => {
             format!("Hint for {target} {} ({} B)", key_name(key), record.len())
         }
+        PeerRequest::TreeRoots { arcs } => format!("TreeRoots ({} arcs)", arcs.len()),
+        PeerRequest::TreeHashes { arc, child } => {
+            format!("TreeHashes {:x}.. child {child:?}", arc.start.0)
+        }
+        PeerRequest::LeafDigests { range } => format!("LeafDigests {:x}..", range.start.0),
     }
 }
 
@@ -463,6 +474,15 @@ fn describe_response(response: &PeerResponse) -> String {
             format!("Written {} hinted={hinted}", show_version(version))
         }
         PeerResponse::Ack => "Ack".into(),
+        PeerResponse::Roots { roots } => format!("Roots ({})", roots.len()),
+        PeerResponse::Hashes { hashes } => format!("Hashes ({})", hashes.len()),
+        PeerResponse::Digests { keys, complete } => {
+            format!(
+                "Digests ({}{})",
+                keys.len(),
+                if *complete { "" } else { "+" }
+            )
+        }
         PeerResponse::Error(error) => format!("Error {error:?}"),
     }
 }

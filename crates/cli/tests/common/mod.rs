@@ -224,6 +224,29 @@ impl Cluster {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Whether node `index` holds `key` exactly as every other node does (same
+    /// record digest per `/v1/debug/key`, which reads each replica locally; in a
+    /// cluster of N nodes every node is a replica).
+    pub async fn holds_like_the_others(&self, index: usize, key: &str) -> bool {
+        let debug = self.json(index, &format!("/v1/debug/key/{key}")).await;
+        let Some(replicas) = debug["replicas"].as_array() else {
+            return false;
+        };
+        let digest_of = |node: u64| {
+            replicas
+                .iter()
+                .find(|replica| replica["node"] == node)
+                .and_then(|replica| replica["digest"].as_str())
+                .map(str::to_string)
+        };
+        let mine = digest_of(self.nodes[index].node_id);
+        mine.is_some()
+            && self
+                .nodes
+                .iter()
+                .all(|node| digest_of(node.node_id) == mine)
+    }
+
     pub fn signal(&self, index: usize, signal: Signal) {
         let pid = i32::try_from(self.nodes[index].child.id()).expect("pid fits i32");
         let number = match signal {

@@ -1,0 +1,479 @@
+//! Anti-entropy (DESIGN.md §6): replicas compare Merkle trees of the arcs they
+//! share and exchange only the keys that differ, so they converge even when hints
+//! were dropped, a disk was lost or a write reached too few replicas.
+//!
+//! Every `anti_entropy_interval_ms` a node picks the next healthy peer it shares
+//! arcs with (round robin) and, for every shared arc: compares roots (one message
+//! for all arcs); descends into the children that differ, then the leaves that
+//! differ; for each differing leaf compares the key digests of both sides and, for
+//! every key that differs or is missing on one side, pulls the peer's record
+//! (`Read`), merges it into its own (durably) and pushes the result back
+//! (`Replicate`) when the peer held less. Both directions in one pass. A round moves
+//! at most `bytes_per_round` of records (`streaming_bytes_per_sec` × interval); what
+//! is left is found again next round.
+//!
+//! The trees live in `Node` (updated in O(1) by every write) and are rebuilt from
+//! storage when the arcs this node replicates change (at start: they start empty).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::merkle::FANOUT;
+use ringkv_core::wire::{MAX_ARCS_PER_REQUEST, MAX_DIGESTS, PeerRequest, PeerResponse};
+use ringkv_core::{Key, NodeId, Record, Token, TokenRange};
+
+use crate::membership::{Liveness, Membership};
+use crate::node::Node;
+use crate::transport::{Peer, Spawn, Transport, offload};
+
+/// How anti-entropy runs (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct AntiEntropySettings {
+    /// N: replicas per key.
+    pub replication_factor: u8,
+    /// Most bytes of records moved per round.
+    pub bytes_per_round: u64,
+    /// How long one call may take (`request_timeout_ms`).
+    pub request_timeout: Duration,
+}
+
+/// One arc as anti-entropy knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArcStatus {
+    /// Wall ms when this arc last matched a peer's (roots equal, or every differing
+    /// key exchanged).
+    pub last_converged_ms: Option<u64>,
+    /// Keys repaired in this arc so far (pulled or pushed).
+    pub repaired: u64,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    pub peer: Option<NodeId>,
+    pub arcs_compared: usize,
+    pub arcs_differing: usize,
+    pub leaves_differing: usize,
+    pub keys_pulled: u64,
+    pub keys_pushed: u64,
+    /// Bytes of records moved (pulled and pushed).
+    pub record_bytes: u64,
+    /// Bytes of tree hashes and key digests received.
+    pub exchange_bytes: u64,
+    /// The byte budget ran out before every difference was repaired.
+    pub throttled: bool,
+}
+
+/// Totals since start, for `/v1/cluster/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub rounds: u64,
+    pub keys_repaired: u64,
+    pub record_bytes: u64,
+    pub exchange_bytes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The arcs this node replicates, with their replicas, as of the last round.
+    arcs: Vec<(TokenRange, Vec<NodeId>)>,
+    next_peer: usize,
+    status: BTreeMap<Token, ArcStatus>,
+    totals: Totals,
+}
+
+/// One node's anti-entropy.
+pub struct AntiEntropy {
+    node: Arc<Node>,
+    membership: Arc<Membership>,
+    transport: Arc<dyn Transport>,
+    spawner: Arc<dyn Spawn>,
+    settings: AntiEntropySettings,
+    state: Mutex<State>,
+}
+
+/// Why an exchange with the peer stopped early.
+#[derive(Debug)]
+enum Stop {
+    /// The peer did not answer or answered nonsense.
+    Peer(String),
+    /// The byte budget of the round is spent.
+    Budget,
+    /// Local storage failed.
+    Local(String),
+}
+
+impl AntiEntropy {
+    pub fn new(
+        node: Arc<Node>,
+        membership: Arc<Membership>,
+        transport: Arc<dyn Transport>,
+        spawner: Arc<dyn Spawn>,
+        settings: AntiEntropySettings,
+    ) -> AntiEntropy {
+        AntiEntropy {
+            node,
+            membership,
+            transport,
+            spawner,
+            settings,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every arc this node replicates with its status, and the totals.
+    pub fn status(&self) -> (Vec<(TokenRange, ArcStatus)>, Totals) {
+        let state = self.state();
+        let arcs = state
+            .arcs
+            .iter()
+            .map(|(arc, _)| {
+                (
+                    *arc,
+                    state.status.get(&arc.start).copied().unwrap_or_default(),
+                )
+            })
+            .collect();
+        (arcs, state.totals)
+    }
+
+    /// One round: refresh the arcs (rebuilding the trees if they moved), then sync
+    /// every shared arc with the next healthy peer.
+    pub async fn round(&self) -> RoundReport {
+        let mut report = RoundReport::default();
+        self.refresh_arcs().await;
+        let Some((peer, shared)) = self.next_peer() else {
+            return report;
+        };
+        report.peer = Some(peer.id);
+        let stopped = self.sync_with(&peer, &shared, &mut report).await;
+        match stopped {
+            Ok(()) => {}
+            Err(Stop::Budget) => report.throttled = true,
+            Err(Stop::Peer(reason)) => {
+                tracing::debug!(peer = %peer.id, "anti-entropy exchange stopped: {reason}");
+            }
+            Err(Stop::Local(reason)) => {
+                tracing::warn!(peer = %peer.id, "anti-entropy stopped by local storage: {reason}");
+            }
+        }
+        let repaired = report.keys_pulled + report.keys_pushed;
+        {
+            let mut state = self.state();
+            state.totals.rounds += 1;
+            state.totals.keys_repaired += repaired;
+            state.totals.record_bytes += report.record_bytes;
+            state.totals.exchange_bytes += report.exchange_bytes;
+        }
+        metrics::counter!("ringkv_anti_entropy_rounds_total").increment(1);
+        metrics::counter!("ringkv_anti_entropy_keys_repaired_total").increment(repaired);
+        metrics::counter!("ringkv_anti_entropy_record_bytes_total").increment(report.record_bytes);
+        if repaired > 0 {
+            tracing::info!(peer = %peer.id, repaired, bytes = report.record_bytes, "anti-entropy repaired keys");
+        }
+        report
+    }
+
+    /// Takes the ring's current arcs; rebuilds the trees when they changed.
+    async fn refresh_arcs(&self) {
+        let ring = self.membership.ring();
+        let arcs = ring.arcs(
+            self.membership.me(),
+            usize::from(self.settings.replication_factor),
+        );
+        let ranges: Vec<TokenRange> = arcs.iter().map(|(arc, _)| *arc).collect();
+        if self.node.tree_arcs() != ranges {
+            let node = self.node.clone();
+            let rebuild = ranges.clone();
+            match offload(self.spawner.as_ref(), move || node.rebuild_trees(rebuild)).await {
+                Some(Ok(())) => tracing::debug!(arcs = ranges.len(), "anti-entropy trees rebuilt"),
+                Some(Err(error)) => tracing::warn!("cannot rebuild anti-entropy trees: {error}"),
+                None => return,
+            }
+        }
+        let mut state = self.state();
+        let kept: BTreeMap<Token, ArcStatus> = arcs
+            .iter()
+            .map(|(arc, _)| {
+                let status = state.status.get(&arc.start).copied().unwrap_or_default();
+                (arc.start, status)
+            })
+            .collect();
+        state.status = kept;
+        state.arcs = arcs;
+    }
+
+    /// The next healthy peer (round robin) and the arcs this node shares with it.
+    fn next_peer(&self) -> Option<(Peer, Vec<TokenRange>)> {
+        let me = self.membership.me();
+        let mut state = self.state();
+        let mut peers: Vec<NodeId> = state
+            .arcs
+            .iter()
+            .flat_map(|(_, replicas)| replicas.iter().copied())
+            .filter(|id| *id != me)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        for _ in 0..peers.len() {
+            let index = state.next_peer % peers.len();
+            state.next_peer = state.next_peer.wrapping_add(1);
+            let id = peers[index];
+            if self.membership.liveness(id) != Liveness::Healthy {
+                continue;
+            }
+            let Some(peer) = self.membership.peer(id) else {
+                continue;
+            };
+            let shared = state
+                .arcs
+                .iter()
+                .filter(|(_, replicas)| replicas.contains(&id))
+                .map(|(arc, _)| *arc)
+                .collect();
+            return Some((peer, shared));
+        }
+        None
+    }
+
+    async fn call(&self, peer: &Peer, request: PeerRequest) -> Result<PeerResponse, Stop> {
+        self.transport
+            .call(peer, request, self.settings.request_timeout)
+            .await
+            .map_err(|error| Stop::Peer(error.to_string()))
+    }
+
+    async fn sync_with(
+        &self,
+        peer: &Peer,
+        shared: &[TokenRange],
+        report: &mut RoundReport,
+    ) -> Result<(), Stop> {
+        for chunk in shared.chunks(MAX_ARCS_PER_REQUEST) {
+            let theirs = match self
+                .call(
+                    peer,
+                    PeerRequest::TreeRoots {
+                        arcs: chunk.to_vec(),
+                    },
+                )
+                .await?
+            {
+                PeerResponse::Roots { roots } if roots.len() == chunk.len() => roots,
+                other => {
+                    return Err(Stop::Peer(format!(
+                        "unexpected answer to TreeRoots: {other:?}"
+                    )));
+                }
+            };
+            report.exchange_bytes += 9 * theirs.len() as u64;
+            let mine = self.node.tree_roots(chunk);
+            for ((arc, mine), theirs) in chunk.iter().zip(mine).zip(theirs) {
+                let (Some(mine), Some(theirs)) = (mine, theirs) else {
+                    continue; // One side has no tree of it (another ring view).
+                };
+                report.arcs_compared += 1;
+                if mine != theirs {
+                    report.arcs_differing += 1;
+                    let repaired = self.sync_arc(peer, *arc, report).await?;
+                    self.converged(*arc, repaired);
+                } else {
+                    self.converged(*arc, 0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn converged(&self, arc: TokenRange, repaired: u64) {
+        let now = self.node.now_ms();
+        let mut state = self.state();
+        let status = state.status.entry(arc.start).or_default();
+        status.last_converged_ms = Some(now);
+        status.repaired += repaired;
+    }
+
+    /// Descends one differing arc; returns the keys repaired.
+    async fn sync_arc(
+        &self,
+        peer: &Peer,
+        arc: TokenRange,
+        report: &mut RoundReport,
+    ) -> Result<u64, Stop> {
+        let mut repaired = 0;
+        let children = self.hashes(peer, arc, None, report).await?;
+        let Some(my_children) = self.node.tree_hashes(arc, None) else {
+            return Ok(0);
+        };
+        for child in (0..FANOUT).filter(|c| children.get(*c) != Some(&my_children[*c])) {
+            let leaves = self.hashes(peer, arc, Some(child), report).await?;
+            let Some(my_leaves) = self.node.tree_hashes(arc, Some(child)) else {
+                continue;
+            };
+            for leaf in (0..FANOUT).filter(|l| leaves.get(*l) != Some(&my_leaves[*l])) {
+                report.leaves_differing += 1;
+                let Some(range) = self.node.leaf_range(arc, child * FANOUT + leaf) else {
+                    continue;
+                };
+                repaired += self.sync_leaf(peer, range, report).await?;
+            }
+        }
+        Ok(repaired)
+    }
+
+    async fn hashes(
+        &self,
+        peer: &Peer,
+        arc: TokenRange,
+        child: Option<usize>,
+        report: &mut RoundReport,
+    ) -> Result<Vec<u64>, Stop> {
+        let request = PeerRequest::TreeHashes {
+            arc,
+            child: child.and_then(|c| u8::try_from(c).ok()),
+        };
+        match self.call(peer, request).await? {
+            PeerResponse::Hashes { hashes } if hashes.len() <= FANOUT => {
+                report.exchange_bytes += 8 * hashes.len() as u64;
+                Ok(hashes)
+            }
+            other => Err(Stop::Peer(format!(
+                "unexpected answer to TreeHashes: {other:?}"
+            ))),
+        }
+    }
+
+    /// Exchanges the keys of one leaf that differ; returns how many were repaired.
+    async fn sync_leaf(
+        &self,
+        peer: &Peer,
+        range: TokenRange,
+        report: &mut RoundReport,
+    ) -> Result<u64, Stop> {
+        let theirs = match self.call(peer, PeerRequest::LeafDigests { range }).await? {
+            PeerResponse::Digests { keys, .. } if keys.len() <= MAX_DIGESTS => keys,
+            other => {
+                return Err(Stop::Peer(format!(
+                    "unexpected answer to LeafDigests: {other:?}"
+                )));
+            }
+        };
+        report.exchange_bytes += theirs
+            .iter()
+            .map(|(key, _)| key.len() as u64 + 8)
+            .sum::<u64>();
+        let node = self.node.clone();
+        let mine = match offload(self.spawner.as_ref(), move || {
+            node.digests(range, MAX_DIGESTS)
+        })
+        .await
+        {
+            Some(Ok((mine, _))) => mine,
+            Some(Err(error)) => return Err(Stop::Local(error.to_string())),
+            None => return Err(Stop::Local("shutting down".into())),
+        };
+        let mut differing: BTreeMap<Bytes, (Option<u64>, Option<u64>)> = BTreeMap::new();
+        for (key, digest) in mine {
+            differing.entry(key.to_bytes()).or_default().0 = Some(digest);
+        }
+        for (key, digest) in theirs {
+            differing.entry(key).or_default().1 = Some(digest);
+        }
+        let mut repaired = 0;
+        for (key, (mine, theirs)) in differing {
+            if mine == theirs {
+                continue;
+            }
+            if report.record_bytes >= self.settings.bytes_per_round {
+                return Err(Stop::Budget);
+            }
+            let Ok(key) = Key::from_stored(key) else {
+                return Err(Stop::Peer("a digest of an invalid key".into()));
+            };
+            self.sync_key(peer, &key, theirs.is_some(), report).await?;
+            repaired += 1;
+        }
+        Ok(repaired)
+    }
+
+    /// Pulls the peer's record of `key` (if it has one) into this replica, then
+    /// pushes this replica's record back if the peer held less.
+    async fn sync_key(
+        &self,
+        peer: &Peer,
+        key: &Key,
+        they_have_it: bool,
+        report: &mut RoundReport,
+    ) -> Result<(), Stop> {
+        let mut theirs = None;
+        if they_have_it {
+            match self
+                .call(
+                    peer,
+                    PeerRequest::Read {
+                        key: key.to_bytes(),
+                    },
+                )
+                .await?
+            {
+                PeerResponse::Record {
+                    record: Some(bytes),
+                } => {
+                    report.record_bytes += bytes.len() as u64;
+                    let record = Record::decode(&bytes)
+                        .map_err(|error| Stop::Peer(format!("a bad record: {error}")))?;
+                    let (node, pulled, k) = (self.node.clone(), record.clone(), key.clone());
+                    let merged =
+                        offload(self.spawner.as_ref(), move || node.replicate(&k, &pulled)).await;
+                    match merged {
+                        Some(Ok(durable)) => durable
+                            .await
+                            .map_err(|error| Stop::Local(error.to_string()))?,
+                        Some(Err(error)) => return Err(Stop::Local(error.to_string())),
+                        None => return Err(Stop::Local("shutting down".into())),
+                    }
+                    report.keys_pulled += 1;
+                    theirs = Some(record);
+                }
+                PeerResponse::Record { record: None } => {}
+                other => return Err(Stop::Peer(format!("unexpected answer to Read: {other:?}"))),
+            }
+        }
+        let (node, k) = (self.node.clone(), key.clone());
+        let mine = match offload(self.spawner.as_ref(), move || node.read_own(&k)).await {
+            Some(Ok(Some(record))) => record,
+            Some(Ok(None)) => return Ok(()),
+            Some(Err(error)) => return Err(Stop::Local(error.to_string())),
+            None => return Err(Stop::Local("shutting down".into())),
+        };
+        if theirs.as_ref() == Some(&mine) {
+            return Ok(());
+        }
+        let record = Bytes::from(mine.encode());
+        report.record_bytes += record.len() as u64;
+        match self
+            .call(
+                peer,
+                PeerRequest::Replicate {
+                    key: key.to_bytes(),
+                    record,
+                },
+            )
+            .await?
+        {
+            PeerResponse::Ack => {
+                report.keys_pushed += 1;
+                Ok(())
+            }
+            other => Err(Stop::Peer(format!(
+                "unexpected answer to Replicate: {other:?}"
+            ))),
+        }
+    }
+}
