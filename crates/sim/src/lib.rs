@@ -63,6 +63,9 @@ pub struct Config {
     pub crash_coordinator_per_mille: u32,
     /// A planted bug (tests of the checkers); `Canary::None` in campaigns.
     pub canary: Canary,
+    /// Whether nodes run anti-entropy. Off only to show a checker catching a bug
+    /// that anti-entropy would otherwise repair (handoff, replication canaries).
+    pub anti_entropy: bool,
 }
 
 impl Config {
@@ -94,6 +97,7 @@ impl Config {
             crash_after_ack_per_mille: 5,
             crash_coordinator_per_mille: 20,
             canary: Canary::None,
+            anti_entropy: true,
         }
     }
 
@@ -181,6 +185,7 @@ pub fn run(config: &Config) -> Report {
         core.net.duplicate_per_mille = config.duplicate_per_mille;
         core.net.slow_per_mille = config.slow_per_mille;
         core.canary = config.canary;
+        core.anti_entropy = config.anti_entropy;
         if config.workload.crashes {
             core.crash_after_ack_per_mille = config.crash_after_ack_per_mille;
             core.crash_coordinator_per_mille = config.crash_coordinator_per_mille;
@@ -258,6 +263,13 @@ pub fn run(config: &Config) -> Report {
     }
     let hints = std::mem::take(&mut lock(&sim.core).hints);
     violations.extend(check::hints_handed_off(&world, &hints));
+    // Anti-entropy alone (with handoff) must have made the replicas agree: checked
+    // before the final read, whose read repair would hide a range it skipped.
+    let replicas: Vec<_> = match sim.node(0) {
+        Some(node) => keys.iter().map(|k| node.coordinator.replicas(k)).collect(),
+        None => vec![Vec::new(); keys.len()],
+    };
+    violations.extend(check::convergence(&world, &keys, &replicas));
     let reads: Arc<Mutex<Vec<String>>> = Arc::default();
     if let Some(reader) = sim.node(0) {
         let (keys, reads, n) = (
@@ -283,11 +295,7 @@ pub fn run(config: &Config) -> Report {
     }
     violations.extend(lock(&reads).drain(..));
 
-    // Phase 3: check.
-    let replicas: Vec<_> = match sim.node(0) {
-        Some(node) => keys.iter().map(|k| node.coordinator.replicas(k)).collect(),
-        None => vec![Vec::new(); keys.len()],
-    };
+    // Phase 3: check (convergence again: the final reads must not break it).
     violations.extend(check::convergence(&world, &keys, &replicas));
     let merged: Vec<Option<Record>> = keys
         .iter()

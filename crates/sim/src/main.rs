@@ -1,9 +1,10 @@
-//! The campaign runner: `ringkv-sim --seeds N [--from S] [--nodes K] [--calm]
+//! The campaign runner: `ringkv-sim --seeds N [--from S] [--nodes K] [--calm] [--no-anti-entropy]
 //! [--ops OPS_PER_CLIENT] [--keys KEYS] [--drop PER_MILLE] [--crash-after-ack PER_MILLE]` runs seeds on every core and
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
 //! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
-//! `--canary-version` / `--canary-hints` plant a known bug (see `Canary`).
+//! `--canary-version` / `--canary-hints` / `--canary-ae` plant a known bug (see
+//! `Canary`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ struct Args {
     from: u64,
     nodes: Option<usize>,
     calm: bool,
+    no_anti_entropy: bool,
     canary: Canary,
     crash_after_ack: Option<u32>,
     ops: Option<usize>,
@@ -31,6 +33,7 @@ fn parse() -> Result<Args, String> {
         from: 0,
         nodes: None,
         calm: false,
+        no_anti_entropy: false,
         canary: Canary::None,
         crash_after_ack: None,
         ops: None,
@@ -55,6 +58,7 @@ fn parse() -> Result<Args, String> {
                 args.nodes = Some(nodes);
             }
             "--calm" => args.calm = true,
+            "--no-anti-entropy" => args.no_anti_entropy = true,
             "--drop" => {
                 args.drop = Some(u32::try_from(value("--drop")?).map_err(|e| e.to_string())?);
             }
@@ -78,6 +82,7 @@ fn parse() -> Result<Args, String> {
             "--canary-context" => args.canary = Canary::IgnoreWriteContext,
             "--canary-version" => args.canary = Canary::ForgetSentVersion,
             "--canary-hints" => args.canary = Canary::ForgetHintsBeforeAck,
+            "--canary-ae" => args.canary = Canary::AntiEntropySkipsRange,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -92,6 +97,7 @@ fn config(seed: u64, args: &Args) -> Config {
         Config::faulty(seed, nodes)
     };
     config.canary = args.canary;
+    config.anti_entropy = !args.no_anti_entropy;
     if let Some(per_mille) = args.drop {
         config.drop_per_mille = per_mille;
     }

@@ -371,6 +371,15 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
         PeerRequest::Update { write } if canary == Canary::ForgetSentVersion => {
             update_forgetting_sent_version(target, write)
         }
+        PeerRequest::TreeRoots { arcs } if canary == Canary::AntiEntropySkipsRange => {
+            let mut roots = target.node.tree_roots(&arcs);
+            for (arc, root) in arcs.iter().zip(&mut roots) {
+                if arc.start.0 >= 1 << 127 {
+                    *root = None;
+                }
+            }
+            PeerResponse::Roots { roots }
+        }
         PeerRequest::Members { members } => target
             .membership
             .on_members(target.coordinator.transport().as_ref(), members),

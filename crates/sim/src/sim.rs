@@ -75,6 +75,9 @@ pub enum Canary {
     /// Hinted handoff forgets each hint before its target acknowledged it (and does
     /// not wait for the answer): a hint lost on the way is gone.
     ForgetHintsBeforeAck,
+    /// Anti-entropy skips a range: replicas answer `TreeRoots` with no tree for
+    /// every arc that starts in the upper half of the ring.
+    AntiEntropySkipsRange,
 }
 
 /// The network's knobs and who can talk to whom.
@@ -157,6 +160,8 @@ pub struct Core {
     pub hints: Vec<(usize, bytes::Bytes, ringkv_core::Record)>,
     /// Client tasks still running.
     pub clients_running: usize,
+    /// Whether nodes run anti-entropy rounds (`Config::anti_entropy`).
+    pub anti_entropy: bool,
     /// When background work (gossip, handoff) stops: `None` once the clients are
     /// done (the workload phase), `Some(t)` at virtual time t (after heal).
     pub background_until: Option<u64>,
@@ -229,6 +234,7 @@ impl Sim {
                 applied: Vec::new(),
                 hints: Vec::new(),
                 clients_running: 0,
+                anti_entropy: true,
                 background_until: None,
             }),
             ready: ReadyQueue::default(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use ringkv_cluster::antientropy::{AntiEntropy, AntiEntropySettings};
 use ringkv_cluster::coordinator::{Coordinator, Settings};
 use ringkv_cluster::handoff::{Handoff, HandoffSettings};
 use ringkv_cluster::membership::{Detector, Liveness, Membership};
@@ -218,13 +219,27 @@ impl World {
                 request_timeout: timeout,
             },
         );
+        let anti_entropy = AntiEntropy::new(
+            sim_node.node.clone(),
+            sim_node.membership.clone(),
+            transport.clone(),
+            Arc::new(SimSpawn {
+                sim: self.sim.clone(),
+                node: index,
+            }),
+            AntiEntropySettings {
+                replication_factor: self.config.replication_factor,
+                bytes_per_round: u64::MAX,
+                request_timeout: timeout,
+            },
+        );
         self.sim.spawn(
             Owner::Node(index),
             Box::pin(background(
                 self.sim.clone(),
                 sim_node.membership.clone(),
                 transport,
-                handoff,
+                (handoff, anti_entropy),
                 sim_node.node.clone(),
                 canary,
                 timeout.min(Duration::from_millis(GOSSIP_INTERVAL_MS)),
@@ -424,18 +439,19 @@ impl Drop for World {
 }
 
 /// A node's background work, one round per `GOSSIP_INTERVAL_MS` until the run says
-/// stop (`Core::background_over`): a gossip round, then a handoff round (or, under
-/// `Canary::ForgetHintsBeforeAck`, a broken handoff that forgets each hint first).
+/// stop (`Core::background_over`): a gossip round, a handoff round (or, under
+/// `Canary::ForgetHintsBeforeAck`, a broken handoff that forgets each hint first)
+/// and an anti-entropy round every other time.
 async fn background(
     sim: Arc<Sim>,
     membership: Arc<Membership>,
     transport: Arc<dyn Transport>,
-    handoff: Handoff,
+    (handoff, anti_entropy): (Handoff, AntiEntropy),
     node: Arc<Node>,
     canary: Canary,
     timeout: Duration,
 ) {
-    loop {
+    for round in 0u64.. {
         sim.sleep(GOSSIP_INTERVAL_MS).await;
         if lock(&sim.core).background_over() {
             return;
@@ -445,6 +461,9 @@ async fn background(
             forget_then_send(&membership, transport.as_ref(), &node, timeout);
         } else {
             handoff.round().await;
+        }
+        if round % 2 == 1 && lock(&sim.core).anti_entropy {
+            anti_entropy.round().await;
         }
     }
 }
