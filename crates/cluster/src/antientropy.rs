@@ -8,9 +8,9 @@
 //! differ; for each differing leaf compares the key digests of both sides and, for
 //! every key that differs or is missing on one side, pulls the peer's record
 //! (`Read`), merges it into its own (durably) and pushes the result back
-//! (`Replicate`) when the peer held less. Both directions in one pass. A round moves
-//! at most `bytes_per_round` of records (`streaming_bytes_per_sec` × interval); what
-//! is left is found again next round.
+//! (`Replicate`) when the peer held less. Both directions in one pass. Records move
+//! at most at `streaming_bytes_per_sec` (`Throttle`: after each record the round
+//! sleeps until the bytes moved so far are due).
 //!
 //! The trees live in `Node` (updated in O(1) by every write) and are rebuilt from
 //! storage when the arcs this node replicates change (at start: they start empty).
@@ -24,17 +24,18 @@ use ringkv_core::merkle::FANOUT;
 use ringkv_core::wire::{MAX_ARCS_PER_REQUEST, MAX_DIGESTS, PeerRequest, PeerResponse};
 use ringkv_core::{Key, NodeId, Record, Token, TokenRange};
 
+use crate::gather::Gather;
 use crate::membership::{Liveness, Membership};
 use crate::node::Node;
-use crate::transport::{Peer, Spawn, Transport, offload};
+use crate::transport::{BoxFuture, Peer, Spawn, Transport, offload};
 
 /// How anti-entropy runs (from the configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct AntiEntropySettings {
     /// N: replicas per key.
     pub replication_factor: u8,
-    /// Most bytes of records moved per round.
-    pub bytes_per_round: u64,
+    /// Most bytes of records moved per second (`streaming_bytes_per_sec`).
+    pub bytes_per_sec: u64,
     /// How long one call may take (`request_timeout_ms`).
     pub request_timeout: Duration,
 }
@@ -62,8 +63,37 @@ pub struct RoundReport {
     pub record_bytes: u64,
     /// Bytes of tree hashes and key digests received.
     pub exchange_bytes: u64,
-    /// The byte budget ran out before every difference was repaired.
-    pub throttled: bool,
+    /// How long the round slept to keep to `bytes_per_sec`.
+    pub throttled_ms: u64,
+}
+
+/// Keeps a transfer at `bytes_per_sec` on average: after moving bytes, the time to
+/// wait before moving more.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    bytes_per_sec: u64,
+    started_ms: u64,
+    moved: u64,
+}
+
+impl Throttle {
+    pub fn new(bytes_per_sec: u64, now_ms: u64) -> Throttle {
+        Throttle {
+            bytes_per_sec: bytes_per_sec.max(1),
+            started_ms: now_ms,
+            moved: 0,
+        }
+    }
+
+    /// Counts `bytes` moved at `now_ms`; returns how long to wait so that the bytes
+    /// moved so far took at least their due time.
+    pub fn moved(&mut self, bytes: u64, now_ms: u64) -> Option<Duration> {
+        self.moved = self.moved.saturating_add(bytes);
+        let due_ms = u64::try_from(u128::from(self.moved) * 1000 / u128::from(self.bytes_per_sec))
+            .unwrap_or(u64::MAX);
+        let elapsed = now_ms.saturating_sub(self.started_ms);
+        (due_ms > elapsed).then(|| Duration::from_millis(due_ms - elapsed))
+    }
 }
 
 /// Totals since start, for `/v1/cluster/status`.
@@ -99,8 +129,6 @@ pub struct AntiEntropy {
 enum Stop {
     /// The peer did not answer or answered nonsense.
     Peer(String),
-    /// The byte budget of the round is spent.
-    Budget,
     /// Local storage failed.
     Local(String),
 }
@@ -152,10 +180,12 @@ impl AntiEntropy {
             return report;
         };
         report.peer = Some(peer.id);
-        let stopped = self.sync_with(&peer, &shared, &mut report).await;
+        let mut throttle = Throttle::new(self.settings.bytes_per_sec, self.node.monotonic_ms());
+        let stopped = self
+            .sync_with(&peer, &shared, &mut report, &mut throttle)
+            .await;
         match stopped {
             Ok(()) => {}
-            Err(Stop::Budget) => report.throttled = true,
             Err(Stop::Peer(reason)) => {
                 tracing::debug!(peer = %peer.id, "anti-entropy exchange stopped: {reason}");
             }
@@ -254,6 +284,7 @@ impl AntiEntropy {
         peer: &Peer,
         shared: &[TokenRange],
         report: &mut RoundReport,
+        throttle: &mut Throttle,
     ) -> Result<(), Stop> {
         for chunk in shared.chunks(MAX_ARCS_PER_REQUEST) {
             let theirs = match self
@@ -281,7 +312,7 @@ impl AntiEntropy {
                 report.arcs_compared += 1;
                 if mine != theirs {
                     report.arcs_differing += 1;
-                    let repaired = self.sync_arc(peer, *arc, report).await?;
+                    let repaired = self.sync_arc(peer, *arc, report, throttle).await?;
                     self.converged(*arc, repaired);
                 } else {
                     self.converged(*arc, 0);
@@ -305,8 +336,9 @@ impl AntiEntropy {
         peer: &Peer,
         arc: TokenRange,
         report: &mut RoundReport,
+        throttle: &mut Throttle,
     ) -> Result<u64, Stop> {
-        let mut repaired = 0;
+        let mut todo = Vec::new();
         let children = self.hashes(peer, arc, None, report).await?;
         let Some(my_children) = self.node.tree_hashes(arc, None) else {
             return Ok(0);
@@ -321,10 +353,10 @@ impl AntiEntropy {
                 let Some(range) = self.node.leaf_range(arc, child * FANOUT + leaf) else {
                     continue;
                 };
-                repaired += self.sync_leaf(peer, range, report).await?;
+                todo.extend(self.differing_keys(peer, range, report).await?);
             }
         }
-        Ok(repaired)
+        self.sync_keys(peer, &todo, report, throttle).await
     }
 
     async fn hashes(
@@ -349,13 +381,14 @@ impl AntiEntropy {
         }
     }
 
-    /// Exchanges the keys of one leaf that differ; returns how many were repaired.
-    async fn sync_leaf(
+    /// Compares the key digests of one leaf with the peer's: the keys whose digests
+    /// differ (or that one side lacks), each with whether the peer holds it.
+    async fn differing_keys(
         &self,
         peer: &Peer,
         range: TokenRange,
         report: &mut RoundReport,
-    ) -> Result<u64, Stop> {
+    ) -> Result<Vec<(Key, bool)>, Stop> {
         let theirs = match self.call(peer, PeerRequest::LeafDigests { range }).await? {
             PeerResponse::Digests { keys, .. } if keys.len() <= MAX_DIGESTS => keys,
             other => {
@@ -385,47 +418,109 @@ impl AntiEntropy {
         for (key, digest) in theirs {
             differing.entry(key).or_default().1 = Some(digest);
         }
-        let mut repaired = 0;
+        let mut todo = Vec::new();
         for (key, (mine, theirs)) in differing {
             if mine == theirs {
                 continue;
             }
-            if report.record_bytes >= self.settings.bytes_per_round {
-                return Err(Stop::Budget);
-            }
             let Ok(key) = Key::from_stored(key) else {
                 return Err(Stop::Peer("a digest of an invalid key".into()));
             };
-            self.sync_key(peer, &key, theirs.is_some(), report).await?;
-            repaired += 1;
+            todo.push((key, theirs.is_some()));
+        }
+        Ok(todo)
+    }
+
+    /// Repairs `todo` with `peer`, `KEYS_AT_ONCE` at a time, within the throttle;
+    /// returns how many keys were repaired.
+    async fn sync_keys(
+        &self,
+        peer: &Peer,
+        todo: &[(Key, bool)],
+        report: &mut RoundReport,
+        throttle: &mut Throttle,
+    ) -> Result<u64, Stop> {
+        let mut repaired = 0;
+        for batch in todo.chunks(KEYS_AT_ONCE) {
+            let calls: Vec<(NodeId, BoxFuture<Result<Moved, Stop>>)> = batch
+                .iter()
+                .map(|(key, they_have_it)| {
+                    let sync = KeySync {
+                        node: self.node.clone(),
+                        transport: self.transport.clone(),
+                        spawner: self.spawner.clone(),
+                        peer: peer.clone(),
+                        timeout: self.settings.request_timeout,
+                    };
+                    let call: BoxFuture<Result<Moved, Stop>> =
+                        Box::pin(sync.run(key.clone(), *they_have_it));
+                    (peer.id, call)
+                })
+                .collect();
+            let mut gather = Gather::new(calls);
+            gather.all().await;
+            let mut moved_bytes = 0;
+            for (_, moved) in gather.into_done() {
+                let moved = moved?;
+                report.keys_pulled += u64::from(moved.pulled);
+                report.keys_pushed += u64::from(moved.pushed);
+                moved_bytes += moved.bytes;
+                repaired += 1;
+            }
+            report.record_bytes += moved_bytes;
+            if let Some(wait) = throttle.moved(moved_bytes, self.node.monotonic_ms()) {
+                report.throttled_ms += u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                self.spawner.sleep(wait).await;
+            }
         }
         Ok(repaired)
+    }
+}
+
+/// Keys of one leaf repaired at once.
+const KEYS_AT_ONCE: usize = 32;
+
+/// What repairing one key moved.
+#[derive(Debug, Clone, Copy, Default)]
+struct Moved {
+    pulled: bool,
+    pushed: bool,
+    bytes: u64,
+}
+
+/// The repair of one key with one peer (owns what it needs, so many run at once).
+struct KeySync {
+    node: Arc<Node>,
+    transport: Arc<dyn Transport>,
+    spawner: Arc<dyn Spawn>,
+    peer: Peer,
+    timeout: Duration,
+}
+
+impl KeySync {
+    async fn call(&self, request: PeerRequest) -> Result<PeerResponse, Stop> {
+        self.transport
+            .call(&self.peer, request, self.timeout)
+            .await
+            .map_err(|error| Stop::Peer(error.to_string()))
     }
 
     /// Pulls the peer's record of `key` (if it has one) into this replica, then
     /// pushes this replica's record back if the peer held less.
-    async fn sync_key(
-        &self,
-        peer: &Peer,
-        key: &Key,
-        they_have_it: bool,
-        report: &mut RoundReport,
-    ) -> Result<(), Stop> {
+    async fn run(self, key: Key, they_have_it: bool) -> Result<Moved, Stop> {
+        let mut moved = Moved::default();
         let mut theirs = None;
         if they_have_it {
             match self
-                .call(
-                    peer,
-                    PeerRequest::Read {
-                        key: key.to_bytes(),
-                    },
-                )
+                .call(PeerRequest::Read {
+                    key: key.to_bytes(),
+                })
                 .await?
             {
                 PeerResponse::Record {
                     record: Some(bytes),
                 } => {
-                    report.record_bytes += bytes.len() as u64;
+                    moved.bytes += bytes.len() as u64;
                     let record = Record::decode(&bytes)
                         .map_err(|error| Stop::Peer(format!("a bad record: {error}")))?;
                     let (node, pulled, k) = (self.node.clone(), record.clone(), key.clone());
@@ -438,7 +533,7 @@ impl AntiEntropy {
                         Some(Err(error)) => return Err(Stop::Local(error.to_string())),
                         None => return Err(Stop::Local("shutting down".into())),
                     }
-                    report.keys_pulled += 1;
+                    moved.pulled = true;
                     theirs = Some(record);
                 }
                 PeerResponse::Record { record: None } => {}
@@ -448,32 +543,57 @@ impl AntiEntropy {
         let (node, k) = (self.node.clone(), key.clone());
         let mine = match offload(self.spawner.as_ref(), move || node.read_own(&k)).await {
             Some(Ok(Some(record))) => record,
-            Some(Ok(None)) => return Ok(()),
+            Some(Ok(None)) => return Ok(moved),
             Some(Err(error)) => return Err(Stop::Local(error.to_string())),
             None => return Err(Stop::Local("shutting down".into())),
         };
         if theirs.as_ref() == Some(&mine) {
-            return Ok(());
+            return Ok(moved);
         }
         let record = Bytes::from(mine.encode());
-        report.record_bytes += record.len() as u64;
+        moved.bytes += record.len() as u64;
         match self
-            .call(
-                peer,
-                PeerRequest::Replicate {
-                    key: key.to_bytes(),
-                    record,
-                },
-            )
+            .call(PeerRequest::Replicate {
+                key: key.to_bytes(),
+                record,
+            })
             .await?
         {
             PeerResponse::Ack => {
-                report.keys_pushed += 1;
-                Ok(())
+                moved.pushed = true;
+                Ok(moved)
             }
             other => Err(Stop::Peer(format!(
                 "unexpected answer to Replicate: {other:?}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_spreads_bytes_over_their_due_time() {
+        let mut throttle = Throttle::new(1_000, 10_000);
+        assert_eq!(
+            throttle.moved(500, 10_000),
+            Some(Duration::from_millis(500))
+        );
+        // Slept as told: nothing more to wait for the same bytes.
+        assert_eq!(throttle.moved(0, 10_500), None);
+        // 1,500 bytes are due at 1.5 s; at 1.2 s, 300 ms are left.
+        assert_eq!(
+            throttle.moved(1_000, 11_200),
+            Some(Duration::from_millis(300))
+        );
+        // Slower than the limit: no wait.
+        assert_eq!(throttle.moved(100, 13_000), None);
+        // A zero rate is taken as 1 B/s, never a division by zero.
+        assert_eq!(
+            Throttle::new(0, 0).moved(2, 0),
+            Some(Duration::from_secs(2))
+        );
     }
 }

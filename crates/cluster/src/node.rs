@@ -238,6 +238,11 @@ impl Node {
         self.clock.now_ms()
     }
 
+    /// The node's monotonic clock (intervals, throttles).
+    pub fn monotonic_ms(&self) -> u64 {
+        self.clock.monotonic_ms()
+    }
+
     /// The stored record of `key`, tombstones and expired versions included, merged
     /// with any hint this node holds for the key (so a read that reaches a hint
     /// holder sees what it holds for others).

@@ -88,6 +88,12 @@ pub trait Spawn: Send + Sync + 'static {
         job();
         Box::pin(std::future::ready(()))
     }
+
+    /// Resolves after `duration` (throttles). The default does not wait: right for
+    /// tests that never throttle.
+    fn sleep(&self, _duration: Duration) -> BoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Runs `job` through `spawn.blocking` and returns its result (`None` if the job

@@ -624,7 +624,7 @@ fn anti_entropy(cluster: &Cluster, id: NodeId) -> AntiEntropy {
         Arc::new(TokioSpawn),
         AntiEntropySettings {
             replication_factor: 3,
-            bytes_per_round: u64::MAX,
+            bytes_per_sec: u64::MAX,
             request_timeout: Duration::from_millis(500),
         },
     )

@@ -362,10 +362,7 @@ impl Server {
             spawner.clone(),
             AntiEntropySettings {
                 replication_factor: config.replication_factor,
-                bytes_per_round: bytes_per_round(
-                    config.streaming_bytes_per_sec,
-                    anti_entropy_interval,
-                ),
+                bytes_per_sec: config.streaming_bytes_per_sec,
                 request_timeout: timeout,
             },
         ));

@@ -23,6 +23,10 @@ impl Spawn for TokioSpawn {
         tokio::spawn(task);
     }
 
+    fn sleep(&self, duration: std::time::Duration) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+
     fn blocking(&self, job: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()> {
         let storage = self.storage.clone();
         Box::pin(async move {

@@ -58,6 +58,11 @@ impl Spawn for SimSpawn {
     fn spawn(&self, task: BoxFuture<()>) {
         self.sim.spawn(Owner::Node(self.node), task);
     }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Box::pin(self.sim.sleep(ms))
+    }
 }
 
 impl Transport for SimTransport {

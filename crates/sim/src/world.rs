@@ -229,7 +229,7 @@ impl World {
             }),
             AntiEntropySettings {
                 replication_factor: self.config.replication_factor,
-                bytes_per_round: u64::MAX,
+                bytes_per_sec: u64::MAX,
                 request_timeout: timeout,
             },
         );
