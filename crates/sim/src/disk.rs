@@ -57,6 +57,12 @@ impl SimDisk {
         // Dropped outside the lock: dropping wakes their tasks.
         drop(waiters);
     }
+
+    /// The disk is replaced by an empty one (after a crash).
+    pub fn lose_everything(&self) {
+        self.crash();
+        self.memory.wipe();
+    }
 }
 
 impl Engine for SimDisk {

@@ -86,6 +86,7 @@ impl Config {
                 max_clock_jump_ms: 3_000,
                 ttl_per_mille: 150,
                 max_down: 2,
+                disk_loss: disk_loss_for(seed),
             },
             conflict_policy: policy_for(seed),
             drop_per_mille: 50,
@@ -106,6 +107,7 @@ impl Config {
         let mut config = Config::faulty(seed, nodes);
         config.workload.crashes = false;
         config.workload.partitions = false;
+        config.workload.disk_loss = false;
         config.workload.clock_jumps = false;
         config.drop_per_mille = 0;
         config.duplicate_per_mille = 0;
@@ -149,6 +151,11 @@ impl Report {
 /// The cluster size a campaign uses for `seed` when none is given: 3..=7.
 pub fn nodes_for(seed: u64) -> usize {
     3 + usize::try_from(seed % 5).unwrap_or(0)
+}
+
+/// Whether a node may lose its disk in seed `seed`'s run: one seed in four.
+pub fn disk_loss_for(seed: u64) -> bool {
+    seed % 4 == 1
 }
 
 /// The conflict policy of seed `seed`: one seed in three runs `lww` (independent of
@@ -311,14 +318,18 @@ pub fn run(config: &Config) -> Report {
         })
         .collect();
     let history = std::mem::take(&mut *lock(&history));
-    let applied = std::mem::take(&mut lock(&sim.core).applied);
-    let facts = check::Facts::new(
+    let (applied, disk_lost_at) = {
+        let mut core = lock(&sim.core);
+        (std::mem::take(&mut core.applied), core.disk_lost_at)
+    };
+    let mut facts = check::Facts::new(
         &history,
         &applied,
         &keys,
         config.conflict_policy,
         config.workload.replication_factor,
     );
+    facts.disk_lost_at = disk_lost_at;
     violations.extend(check::no_acked_write_lost(&facts, &merged));
     violations.extend(check::dots_are_unique(&facts));
     violations.extend(check::nothing_superseded_returns(&facts, &merged));

@@ -431,7 +431,13 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
                     (usize::try_from(to.0), ringkv_core::Record::decode(&record))
             {
                 // The ledger the handoff checker walks: every hint stored durably.
-                lock(&target.sim.core).hints.push((index, key, record));
+                let holder = usize::try_from(target.membership.me().0).unwrap_or(usize::MAX);
+                lock(&target.sim.core).hints.push(crate::sim::HintStored {
+                    holder,
+                    target: index,
+                    key,
+                    record,
+                });
             }
             reply.response
         }

@@ -49,6 +49,9 @@ pub enum Fault {
     /// Every node crashes at once (a data-centre power cut) and restarts shortly
     /// after: only what was durable anywhere survives.
     PowerCut,
+    /// Node `usize` crashes and its disk is replaced by an empty one: it restarts
+    /// with nothing, and anti-entropy must refill it.
+    DiskLoss(usize),
 }
 
 /// A known bug planted in the simulated node, so tests can show that the checkers
@@ -156,12 +159,15 @@ pub struct Core {
     /// Every write a replica applied, in order: the simulator's ground truth for the
     /// checkers (which dot each write got, what it superseded).
     pub applied: Vec<Applied>,
-    /// Every hint a node stored (acked `Hint`): target, key, record.
-    pub hints: Vec<(usize, bytes::Bytes, ringkv_core::Record)>,
+    /// Every hint a node stored durably (acked `Hint`), minus those a lost disk
+    /// took with it.
+    pub hints: Vec<HintStored>,
     /// Client tasks still running.
     pub clients_running: usize,
     /// Whether nodes run anti-entropy rounds (`Config::anti_entropy`).
     pub anti_entropy: bool,
+    /// When a node lost its disk (`Fault::DiskLoss`), if one did.
+    pub disk_lost_at: Option<u64>,
     /// When background work (gossip, handoff) stops: `None` once the clients are
     /// done (the workload phase), `Some(t)` at virtual time t (after heal).
     pub background_until: Option<u64>,
@@ -175,6 +181,15 @@ impl Core {
             Some(until) => self.now >= until,
         }
     }
+}
+
+/// A hint as a node stored it.
+#[derive(Debug, Clone)]
+pub struct HintStored {
+    pub holder: usize,
+    pub target: usize,
+    pub key: bytes::Bytes,
+    pub record: ringkv_core::Record,
 }
 
 /// One write as a replica applied it (an `Update` answered with `Updated`), seen by
@@ -235,6 +250,7 @@ impl Sim {
                 hints: Vec::new(),
                 clients_running: 0,
                 anti_entropy: true,
+                disk_lost_at: None,
                 background_until: None,
             }),
             ready: ReadyQueue::default(),

@@ -97,6 +97,9 @@ pub struct Workload {
     pub ttl_per_mille: u32,
     /// Most nodes down at once.
     pub max_down: usize,
+    /// One node may lose its disk (at most once a run); writes then use w ≥ 2, so
+    /// every acked write outlives one lost disk.
+    pub disk_loss: bool,
 }
 
 impl Entry {
@@ -150,6 +153,12 @@ pub async fn client(sim: Arc<Sim>, id: usize, keys: Arc<Vec<Key>>, history: Hist
             },
             9..=11 => Op::Delete { key, seen },
             _ => Op::Get { key },
+        };
+        // With a disk that may be lost, every acked write must be on two disks.
+        let quorum = if w.disk_loss && !matches!(op, Op::Get { .. }) {
+            quorum.max(2).min(w.replication_factor)
+        } else {
+            quorum
         };
         let start = sim.now();
         let (outcome, hinted) = request(&sim, node, &op, keys[key].clone(), quorum).await;
@@ -296,13 +305,17 @@ pub async fn nemesis(sim: Arc<Sim>, until: u64, w: Workload) {
         if sim.now() >= until {
             return;
         }
-        let (up, partitioned) = {
+        let (up, partitioned, disk_lost) = {
             let core = lock(&sim.core);
-            (core.net.up.clone(), !core.net.blocked.is_empty())
+            (
+                core.net.up.clone(),
+                !core.net.blocked.is_empty(),
+                core.disk_lost_at.is_some(),
+            )
         };
         let running: Vec<usize> = (0..nodes).filter(|i| up[*i]).collect();
         let down: Vec<usize> = (0..nodes).filter(|i| !up[*i]).collect();
-        let fault = sim.random(|rng| match rng.below(6) {
+        let fault = sim.random(|rng| match rng.below(7) {
             0 if w.crashes && down.len() < w.max_down => {
                 Some(Fault::Crash(running[rng.index(running.len())]))
             }
@@ -319,6 +332,9 @@ pub async fn nemesis(sim: Arc<Sim>, until: u64, w: Workload) {
             }
             3 if partitioned => Some(Fault::Heal),
             4 if w.crashes && rng.chance(300) => Some(Fault::PowerCut),
+            6 if w.disk_loss && down.is_empty() && !disk_lost => {
+                Some(Fault::DiskLoss(running[rng.index(running.len())]))
+            }
             5 if w.clock_jumps => {
                 let node = rng.index(nodes);
                 let size = i64::try_from(rng.range(1, w.max_clock_jump_ms)).unwrap_or(0);

@@ -333,6 +333,16 @@ impl World {
                 }
                 self.set_clocks(self.sim.now());
             }
+            Fault::DiskLoss(index) => {
+                self.apply(Fault::Crash(index));
+                self.engines[index].lose_everything();
+                let mut core = lock(&self.sim.core);
+                let now = core.now;
+                core.disk_lost_at.get_or_insert(now);
+                // The hints it held are gone with the disk (their writes are on two
+                // other disks; anti-entropy spreads them).
+                core.hints.retain(|hint| hint.holder != index);
+            }
             Fault::PowerCut => {
                 for index in 0..self.config.nodes {
                     self.apply(Fault::Crash(index));

@@ -53,6 +53,11 @@ impl MemoryEngine {
         state.hints_dirty.clear();
     }
 
+    /// The disk is gone: everything, durable or not, metadata included.
+    pub fn wipe(&self) {
+        *self.lock() = State::default();
+    }
+
     /// How many `sync` calls had writes to make durable.
     pub fn syncs(&self) -> u64 {
         self.lock().syncs

@@ -127,9 +127,22 @@ pub struct Facts<'a> {
     by_version: BTreeMap<(usize, Vec<u8>), &'a Applied>,
     /// Put requests by value (values are unique per request).
     puts: BTreeMap<&'a [u8], &'a Entry>,
+    /// When a node lost its disk, if one did: quorum intersection does not hold
+    /// across that moment (the wiped replica may be one of the R a read asks).
+    pub disk_lost_at: Option<u64>,
 }
 
 impl<'a> Facts<'a> {
+    /// Whether a disk was lost after `write_end` (the write's ack) and before `read`
+    /// ended: then the read may miss the write without any bug (until anti-entropy
+    /// refills the wiped replica).
+    pub fn disk_lost_between(&self, write_end: u64, read: &Observation) -> bool {
+        match (self.disk_lost_at, read.entry) {
+            (Some(at), Some(entry)) => write_end <= at && entry.end >= at,
+            _ => false,
+        }
+    }
+
     pub fn new(
         history: &'a [Entry],
         applied: &'a [Applied],
@@ -164,6 +177,7 @@ impl<'a> Facts<'a> {
             by_dot,
             by_version,
             puts,
+            disk_lost_at: None,
         }
     }
 

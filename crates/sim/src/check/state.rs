@@ -7,6 +7,7 @@ use ringkv_core::{Body, Key, NodeId, Record};
 use ringkv_storage::Engine;
 
 use super::{Facts, body_of, show_dot};
+use crate::sim::HintStored;
 use crate::workload::{Op, Outcome, show};
 use crate::world::World;
 
@@ -21,9 +22,15 @@ pub fn stored(world: &World, key: &Key) -> Vec<Result<Option<Record>, String>> {
 
 /// Hints are handed off: every hint stored durably (`hints`: target, key, record)
 /// is covered by the target's own record (its version includes the hint's).
-pub fn hints_handed_off(world: &World, hints: &[(usize, bytes::Bytes, Record)]) -> Vec<String> {
+pub fn hints_handed_off(world: &World, hints: &[HintStored]) -> Vec<String> {
     let mut violations = Vec::new();
-    for (target, key, hint) in hints {
+    for HintStored {
+        target,
+        key,
+        record: hint,
+        ..
+    } in hints
+    {
         let name = String::from_utf8_lossy(key);
         let Ok(key) = Key::from_stored(key.clone()) else {
             violations.push(format!("{name}: a hint with an invalid key"));
