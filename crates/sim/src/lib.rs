@@ -171,6 +171,9 @@ pub fn policy_for(seed: u64) -> ConflictPolicy {
 /// How long after heal the nodes keep gossiping and handing hints off, virtual ms.
 const HEAL_BACKGROUND_MS: u64 = 3_000;
 
+/// How long background work goes on around the final reads, virtual ms.
+const FINAL_READS_BACKGROUND_MS: u64 = 1_000;
+
 /// Longest a run may go on, virtual ms, before it counts as stuck.
 const MAX_VIRTUAL_MS: u64 = 600_000;
 
@@ -277,6 +280,15 @@ pub fn run(config: &Config) -> Report {
         None => vec![Vec::new(); keys.len()],
     };
     violations.extend(check::convergence(&world, &keys, &replicas));
+    // The nodes keep gossiping while the final reads run: a failure detector left
+    // without heartbeats would call its peers down and the reads would skip them.
+    {
+        let mut core = lock(&sim.core);
+        core.background_until = Some(core.now + FINAL_READS_BACKGROUND_MS);
+    }
+    for index in 0..config.nodes {
+        world.start_background(index);
+    }
     let reads: Arc<Mutex<Vec<String>>> = Arc::default();
     if let Some(reader) = sim.node(0) {
         let (keys, reads, n) = (
@@ -284,9 +296,12 @@ pub fn run(config: &Config) -> Report {
             reads.clone(),
             config.workload.replication_factor,
         );
+        let waiter = sim.clone();
         sim.spawn(
             Owner::World,
             Box::pin(async move {
+                // A few gossip rounds first, so every detector has fresh heartbeats.
+                waiter.sleep(FINAL_READS_BACKGROUND_MS / 2).await;
                 for (index, key) in keys.iter().enumerate() {
                     if let Err(error) = reader.coordinator.read(key, n).await {
                         lock(&reads).push(format!("k{index}: final read failed: {error}"));

@@ -44,6 +44,8 @@ pub struct WorldConfig {
 
 /// Gossip and handoff rounds, virtual ms.
 pub const GOSSIP_INTERVAL_MS: u64 = 100;
+/// Anti-entropy rounds, virtual ms.
+pub const ANTI_ENTROPY_INTERVAL_MS: u64 = 200;
 
 /// The failure detector of every simulated node: short enough that crashes and
 /// partitions make nodes suspicious and down, so sloppy quorum and handoff run.
@@ -233,17 +235,67 @@ impl World {
                 request_timeout: timeout,
             },
         );
+        // Three loops, as the server runs them: a slow anti-entropy round must not
+        // hold up the heartbeats.
+        let membership = sim_node.membership.clone();
+        let gossip_transport = transport.clone();
+        let gossip_timeout = timeout.min(Duration::from_millis(GOSSIP_INTERVAL_MS));
+        self.spawn_rounds(index, GOSSIP_INTERVAL_MS, move || {
+            let (membership, transport) = (membership.clone(), gossip_transport.clone());
+            Box::pin(async move {
+                membership
+                    .gossip_round(transport.as_ref(), gossip_timeout)
+                    .await;
+            })
+        });
+        let handoff = Arc::new(handoff);
+        let (membership, node) = (sim_node.membership.clone(), sim_node.node.clone());
+        self.spawn_rounds(index, GOSSIP_INTERVAL_MS, move || {
+            let (handoff, membership, node, transport) = (
+                handoff.clone(),
+                membership.clone(),
+                node.clone(),
+                transport.clone(),
+            );
+            Box::pin(async move {
+                if canary == Canary::ForgetHintsBeforeAck {
+                    forget_then_send(&membership, transport.as_ref(), &node, timeout);
+                } else {
+                    handoff.round().await;
+                }
+            })
+        });
+        if lock(&self.sim.core).anti_entropy {
+            let anti_entropy = Arc::new(anti_entropy);
+            self.spawn_rounds(index, ANTI_ENTROPY_INTERVAL_MS, move || {
+                let anti_entropy = anti_entropy.clone();
+                Box::pin(async move {
+                    anti_entropy.round().await;
+                })
+            });
+        }
+    }
+
+    /// Runs `round` on node `index` every `interval_ms` until the run says stop
+    /// (`Core::background_over`).
+    fn spawn_rounds(
+        &self,
+        index: usize,
+        interval_ms: u64,
+        round: impl Fn() -> BoxFuture<()> + Send + 'static,
+    ) {
+        let sim = self.sim.clone();
         self.sim.spawn(
             Owner::Node(index),
-            Box::pin(background(
-                self.sim.clone(),
-                sim_node.membership.clone(),
-                transport,
-                (handoff, anti_entropy),
-                sim_node.node.clone(),
-                canary,
-                timeout.min(Duration::from_millis(GOSSIP_INTERVAL_MS)),
-            )),
+            Box::pin(async move {
+                loop {
+                    sim.sleep(interval_ms).await;
+                    if lock(&sim.core).background_over() {
+                        return;
+                    }
+                    round().await;
+                }
+            }),
         );
     }
 
@@ -445,36 +497,6 @@ impl Drop for World {
         drop(inbox);
         let nodes = std::mem::take(&mut *lock(&self.sim.nodes));
         drop(nodes);
-    }
-}
-
-/// A node's background work, one round per `GOSSIP_INTERVAL_MS` until the run says
-/// stop (`Core::background_over`): a gossip round, a handoff round (or, under
-/// `Canary::ForgetHintsBeforeAck`, a broken handoff that forgets each hint first)
-/// and an anti-entropy round every other time.
-async fn background(
-    sim: Arc<Sim>,
-    membership: Arc<Membership>,
-    transport: Arc<dyn Transport>,
-    (handoff, anti_entropy): (Handoff, AntiEntropy),
-    node: Arc<Node>,
-    canary: Canary,
-    timeout: Duration,
-) {
-    for round in 0u64.. {
-        sim.sleep(GOSSIP_INTERVAL_MS).await;
-        if lock(&sim.core).background_over() {
-            return;
-        }
-        membership.gossip_round(transport.as_ref(), timeout).await;
-        if canary == Canary::ForgetHintsBeforeAck {
-            forget_then_send(&membership, transport.as_ref(), &node, timeout);
-        } else {
-            handoff.round().await;
-        }
-        if round % 2 == 1 && lock(&sim.core).anti_entropy {
-            anti_entropy.round().await;
-        }
     }
 }
 

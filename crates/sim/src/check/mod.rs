@@ -133,12 +133,12 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    /// Whether a disk was lost after `write_end` (the write's ack) and before `read`
-    /// ended: then the read may miss the write without any bug (until anti-entropy
-    /// refills the wiped replica).
-    pub fn disk_lost_between(&self, write_end: u64, read: &Observation) -> bool {
+    /// Whether a disk was lost after `write` started (a replica may have acked it
+    /// durably just before its disk went) and before `read` ended: then the read may
+    /// miss the write without any bug (until anti-entropy refills the wiped replica).
+    pub fn disk_lost_between(&self, write: &Entry, read: &Observation) -> bool {
         match (self.disk_lost_at, read.entry) {
-            (Some(at), Some(entry)) => write_end <= at && entry.end >= at,
+            (Some(at), Some(entry)) => write.start <= at && entry.end >= at,
             _ => false,
         }
     }

@@ -99,7 +99,7 @@ pub fn reads_cover_acked_versions(facts: &Facts) -> Vec<String> {
             if read.key != write.op.key()
                 || read.start < write.end
                 || u16::from(read.quorum) + u16::from(write.strict_quorum()) <= u16::from(facts.n)
-                || facts.disk_lost_between(write.end, read)
+                || facts.disk_lost_between(write, read)
             {
                 continue;
             }

@@ -69,7 +69,7 @@ pub fn reads_show_acked_values(facts: &Facts, observations: &[Observation]) -> V
             if read.key != key
                 || read.start < write.end
                 || u16::from(read.quorum) + u16::from(write.strict_quorum()) <= u16::from(facts.n)
-                || facts.disk_lost_between(write.end, read)
+                || facts.disk_lost_between(write, read)
             {
                 continue;
             }
