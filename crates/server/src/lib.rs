@@ -526,13 +526,14 @@ async fn handoff_loop(handoff: Handoff, interval: Duration, shutdown: Cancellati
     }
 }
 
-/// One anti-entropy round per `interval` (the first builds the Merkle trees).
+/// One anti-entropy round per `interval`, the first one interval after start (when
+/// the node has heard from its peers); it builds the Merkle trees.
 async fn anti_entropy_loop(
     anti_entropy: Arc<AntiEntropy>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
