@@ -3,14 +3,16 @@
 //! It is: configuration (`config`), the HTTP API (`http`, `request`, `error`),
 //! the internal RPC over TCP (`rpc`) and what this node answers on it (`peer`),
 //! metrics (`metrics`), the node's identity (`identity`: ids, generation, ring
-//! tokens), and start-up, joining, gossip and graceful shutdown (`Server`). It is not: node logic (that is `ringkv-cluster`) or storage
-//! (`ringkv-storage`); handlers only parse, call the node off the async runtime, and
-//! answer.
+//! tokens), the loops of gossip, hinted handoff and anti-entropy (`background`),
+//! and start-up, joining and graceful shutdown (`Server`). It is not: node logic
+//! (that is `ringkv-cluster`) or storage (`ringkv-storage`); handlers only parse,
+//! call the node off the async runtime, and answer.
 //!
 //! Limits: request bodies are bounded by `max_value_bytes` (JSON: twice that, for
 //! escapes) and refused with 413 before they are buffered whole; keys by
 //! `max_key_bytes`; a graceful shutdown waits at most `http::SHUTDOWN_GRACE`.
 
+mod background;
 pub mod blocking;
 pub mod config;
 pub mod error;
@@ -334,7 +336,7 @@ impl Server {
             unreachable!("the coordinator is set once, here");
         }
         let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
-        tasks.spawn(gossip(
+        tasks.spawn(background::gossip(
             membership.clone(),
             transport.clone(),
             seeds,
@@ -349,11 +351,18 @@ impl Server {
             spawner.clone(),
             HandoffSettings {
                 hint_ttl_ms: config.hint_ttl_ms,
-                bytes_per_round: bytes_per_round(config.streaming_bytes_per_sec, gossip_interval),
+                bytes_per_round: background::bytes_per_round(
+                    config.streaming_bytes_per_sec,
+                    gossip_interval,
+                ),
                 request_timeout: timeout,
             },
         );
-        tasks.spawn(handoff_loop(handoff, gossip_interval, shutdown.clone()));
+        tasks.spawn(background::handoff(
+            handoff,
+            gossip_interval,
+            shutdown.clone(),
+        ));
         let anti_entropy_interval = Duration::from_millis(config.anti_entropy_interval_ms);
         let anti_entropy = Arc::new(AntiEntropy::new(
             node.clone(),
@@ -366,7 +375,7 @@ impl Server {
                 request_timeout: timeout,
             },
         ));
-        tasks.spawn(anti_entropy_loop(
+        tasks.spawn(background::anti_entropy(
             anti_entropy.clone(),
             anti_entropy_interval,
             shutdown.clone(),
@@ -501,80 +510,6 @@ async fn open_engine(config: &Config) -> Result<Arc<FjallEngine>, StartError> {
     .await
     .map_err(|error| StartError::Task(error.to_string()))??;
     Ok(Arc::new(engine))
-}
-
-/// The handoff budget of one round of `interval` at `bytes_per_sec` (at least one
-/// hint's worth: a round always sends something).
-fn bytes_per_round(bytes_per_sec: u64, interval: Duration) -> u64 {
-    let per_round = u128::from(bytes_per_sec) * interval.as_millis() / 1000;
-    u64::try_from(per_round).unwrap_or(u64::MAX).max(1)
-}
-
-/// Hands hints back to their healthy targets, one round per `interval`.
-async fn handoff_loop(handoff: Handoff, interval: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = handoff.round() => {}
-        }
-    }
-}
-
-/// One anti-entropy round per `interval`, the first one interval after start (when
-/// the node has heard from its peers); it builds the Merkle trees.
-async fn anti_entropy_loop(
-    anti_entropy: Arc<AntiEntropy>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = anti_entropy.round() => {}
-        }
-    }
-}
-
-/// One gossip round per interval (`Membership::gossip_round`), and every tenth
-/// round an exchange with a seed too (so a node cut off from every member finds its
-/// way back).
-async fn gossip(
-    membership: Arc<Membership>,
-    transport: Arc<rpc::TcpTransport>,
-    seeds: Vec<Peer>,
-    interval: Duration,
-    timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for round in 0u64.. {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // A round's exchanges wait at most one interval: a paused peer must not
-        // hold up the heartbeats the others spread.
-        membership
-            .gossip_round(transport.as_ref(), timeout.min(interval))
-            .await;
-        if !seeds.is_empty() && round % 10 == 0 {
-            let seed = &seeds[usize::try_from(round / 10).unwrap_or(0) % seeds.len()];
-            let _ = membership.exchange(transport.as_ref(), seed, timeout).await;
-        }
-    }
 }
 
 /// Runs a node until SIGTERM or SIGINT, then stops it gracefully.

@@ -1,0 +1,143 @@
+//! A node's background loops (DESIGN.md §6): gossip, hinted handoff, anti-entropy.
+//! Each runs one round per interval until shutdown; a round in progress is dropped
+//! at shutdown (every round is safe to interrupt: the next start redoes it).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_cluster::Peer;
+use ringkv_cluster::antientropy::AntiEntropy;
+use ringkv_cluster::handoff::Handoff;
+use ringkv_cluster::membership::Membership;
+use tokio_util::sync::CancellationToken;
+
+use crate::rpc;
+
+/// Runs `round(n)` for n = 0, 1, … once per `interval`, the first at `first`
+/// after start (rounds that overrun delay the next, never pile up), until
+/// `shutdown`.
+async fn every<F, R>(interval: Duration, first: Duration, shutdown: CancellationToken, mut round: R)
+where
+    R: FnMut(u64) -> F,
+    F: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = round(n) => {}
+        }
+    }
+}
+
+/// The handoff budget of one round of `interval` at `bytes_per_sec` (at least one
+/// hint's worth: a round always sends something).
+pub(crate) fn bytes_per_round(bytes_per_sec: u64, interval: Duration) -> u64 {
+    let per_round = u128::from(bytes_per_sec) * interval.as_millis() / 1000;
+    u64::try_from(per_round).unwrap_or(u64::MAX).max(1)
+}
+
+/// Hands hints back to their healthy targets, one round per `interval`.
+pub(crate) async fn handoff(handoff: Handoff, interval: Duration, shutdown: CancellationToken) {
+    every(interval, Duration::ZERO, shutdown, |_| async {
+        handoff.round().await;
+    })
+    .await;
+}
+
+/// One anti-entropy round per `interval`, the first one interval after start (when
+/// the node has heard from its peers); it builds the Merkle trees.
+pub(crate) async fn anti_entropy(
+    anti_entropy: Arc<AntiEntropy>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    every(interval, interval, shutdown, |_| async {
+        anti_entropy.round().await;
+    })
+    .await;
+}
+
+/// One gossip round per interval (`Membership::gossip_round`), and every tenth
+/// round an exchange with a seed too (so a node cut off from every member finds its
+/// way back).
+pub(crate) async fn gossip(
+    membership: Arc<Membership>,
+    transport: Arc<rpc::TcpTransport>,
+    seeds: Vec<Peer>,
+    interval: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    every(interval, Duration::ZERO, shutdown, |round| {
+        let (membership, transport, seeds) = (&membership, &transport, &seeds);
+        async move {
+            // A round's exchanges wait at most one interval: a paused peer must not
+            // hold up the heartbeats the others spread.
+            membership
+                .gossip_round(transport.as_ref(), timeout.min(interval))
+                .await;
+            if !seeds.is_empty() && round % 10 == 0 {
+                let seed = &seeds[usize::try_from(round / 10).unwrap_or(0) % seeds.len()];
+                let _ = membership.exchange(transport.as_ref(), seed, timeout).await;
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_budget_is_the_rate_over_the_interval_and_never_zero() {
+        assert_eq!(
+            bytes_per_round(50_000_000, Duration::from_secs(1)),
+            50_000_000
+        );
+        assert_eq!(bytes_per_round(1_000, Duration::from_millis(200)), 200);
+        assert_eq!(bytes_per_round(1, Duration::from_millis(1)), 1);
+        assert_eq!(
+            bytes_per_round(u64::MAX, Duration::from_secs(3_600)),
+            u64::MAX
+        );
+    }
+
+    #[tokio::test]
+    async fn every_runs_numbered_rounds_until_shutdown() {
+        let shutdown = CancellationToken::new();
+        let rounds = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = {
+            let (shutdown, rounds) = (shutdown.clone(), rounds.clone());
+            tokio::spawn(async move {
+                every(Duration::from_millis(10), Duration::ZERO, shutdown, |n| {
+                    let rounds = rounds.clone();
+                    async move { rounds.lock().unwrap().push(n) }
+                })
+                .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        let seen = rounds.lock().unwrap().clone();
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert!(
+            seen.iter().enumerate().all(|(i, n)| *n == i as u64),
+            "{seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(
+            rounds.lock().unwrap().len(),
+            seen.len(),
+            "no round after shutdown"
+        );
+    }
+}
