@@ -22,10 +22,13 @@ use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse};
 use ringkv_core::{Context, Key, NodeId, Record};
 
 use crate::gather::Gather;
-use crate::membership::{Liveness, Membership};
+use crate::membership::Membership;
+
+mod slot;
 use crate::node::Write;
 use crate::replica::encode_write;
 use crate::transport::{BoxFuture, Peer, Spawn, Transport, TransportError};
+use slot::{Holder, Slot, holders, timeout_for};
 
 /// What the coordinator needs to know from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -490,19 +493,6 @@ impl Coordinator {
     }
 }
 
-/// `Coordinator::timeout_for`, for code that holds only the membership.
-fn timeout_for(
-    membership: &Membership,
-    request_timeout: Duration,
-    node: NodeId,
-) -> Option<Duration> {
-    match membership.liveness(node) {
-        Liveness::Healthy => Some(request_timeout),
-        Liveness::Suspicious => Some(request_timeout / 4),
-        Liveness::Down | Liveness::PermanentlyFailed => None,
-    }
-}
-
 /// A successful client write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteAck {
@@ -510,111 +500,6 @@ pub struct WriteAck {
     pub version: Context,
     /// How many acks were hints for replicas detected down (sloppy quorum).
     pub hinted: u8,
-}
-
-/// A node that holds a write durably and counts toward W.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Holder {
-    node: NodeId,
-    /// As a hint for a replica detected down (not as a replica).
-    hint: bool,
-}
-
-/// How many distinct nodes hold a write durably, from the slots done so far.
-fn holders(done: &[(NodeId, Option<Holder>)]) -> usize {
-    let mut nodes: Vec<NodeId> = done
-        .iter()
-        .filter_map(|(_, holder)| holder.map(|holder| holder.node))
-        .collect();
-    nodes.sort_unstable();
-    nodes.dedup();
-    nodes.len()
-}
-
-/// One replica's share of a write: the replica itself, or a hint for it.
-struct Slot {
-    membership: Arc<Membership>,
-    transport: Arc<dyn Transport>,
-    request_timeout: Duration,
-    /// The key's replicas: a hint on one of them does not count toward W.
-    replicas: Vec<NodeId>,
-    me: NodeId,
-    key: Bytes,
-    record: Bytes,
-}
-
-impl Slot {
-    /// Makes `replica`'s copy durable (a `Sync` when it is the `updated` one, else a
-    /// `Replicate`); if it is down or fails, places a hint for it on `fallback`,
-    /// then on this node. Returns the node that now counts toward W, if any: the
-    /// replica, or the fallback holding its hint when the replica was detected down
-    /// (sloppy quorum). A hint for a replica that merely failed is kept for handoff
-    /// but does not count: the write may then still reach W true replicas, and a
-    /// strict quorum read must see it.
-    async fn fill(
-        self,
-        replica: NodeId,
-        updated: bool,
-        fallback: Option<NodeId>,
-    ) -> Option<Holder> {
-        let timeout = timeout_for(&self.membership, self.request_timeout, replica);
-        let detected_down = timeout.is_none();
-        if let Some(timeout) = timeout {
-            let request = if updated {
-                PeerRequest::Sync
-            } else {
-                PeerRequest::Replicate {
-                    key: self.key.clone(),
-                    record: self.record.clone(),
-                }
-            };
-            if let Some(peer) = self.membership.peer(replica)
-                && matches!(
-                    self.transport.call(&peer, request, timeout).await,
-                    Ok(PeerResponse::Ack)
-                )
-            {
-                return Some(Holder {
-                    node: replica,
-                    hint: false,
-                });
-            }
-        }
-        if updated {
-            // Its record is the one being spread: nothing to hint.
-            return None;
-        }
-        for holder in fallback.into_iter().chain([self.me]) {
-            let Some(peer) = self.membership.peer(holder) else {
-                continue;
-            };
-            let request = PeerRequest::Hint {
-                target: replica,
-                key: self.key.clone(),
-                record: self.record.clone(),
-            };
-            match self
-                .transport
-                .call(&peer, request, self.request_timeout)
-                .await
-            {
-                Ok(PeerResponse::Ack) => {
-                    metrics::counter!("ringkv_coordinator_hints_total").increment(1);
-                    let counts = detected_down && !self.replicas.contains(&holder);
-                    return counts.then_some(Holder {
-                        node: holder,
-                        hint: true,
-                    });
-                }
-                Ok(other) => {
-                    tracing::debug!(%replica, %holder, "hint refused: {other:?}");
-                }
-                Err(error) => tracing::debug!(%replica, %holder, "hint failed: {error}"),
-            }
-        }
-        tracing::warn!(%replica, "no node took a hint for an unreachable replica; anti-entropy will repair it");
-        None
-    }
 }
 
 /// What a replica's `Read` came back as.
