@@ -198,6 +198,17 @@ pub fn status(args: UrlArgs) -> anyhow::Result<ExitCode> {
             node["hints_queued"].to_string(),
         );
     }
+    let ae = &answer["anti_entropy"];
+    if ae.is_object() {
+        let ago = ae["oldest_converged_ms_ago"].as_u64().map_or_else(
+            || "never".to_string(),
+            |ms| format!("{:.1} s ago", ms as f64 / 1000.0),
+        );
+        println!(
+            "anti-entropy: {} of {} ranges converged (oldest {ago}), {} keys repaired in {} rounds",
+            ae["arcs_converged"], ae["arcs"], ae["keys_repaired"], ae["rounds"]
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,5 +74,19 @@ async fn anti_entropy_restores_a_wiped_node() {
     let (status, body) = cluster.get(wiped, &format!("{}?r=1", keys[0])).await;
     assert_eq!((status, body["value"].as_str()), (200, Some("v-ae-0")));
     eprintln!("{KEYS} keys restored to a wiped node in {took:?} ({repaired} repairs counted)");
+
+    // `ringkv status` shows every node healthy and the anti-entropy summary.
+    let url = format!("http://{}", cluster.nodes[wiped].http_addr);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["status", "--url", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}");
+    assert_eq!(table.matches("healthy").count(), 3, "{table}");
+    assert!(
+        table.contains("anti-entropy:") && table.contains("keys repaired"),
+        "{table}"
+    );
     cluster.stop().await;
 }
