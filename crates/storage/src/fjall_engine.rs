@@ -200,10 +200,7 @@ fn count_hints(hints: &Keyspace) -> Result<HintStats, StorageError> {
         let (stored, raw) = guard
             .into_inner()
             .map_err(|error| StorageError::from_fjall("hint count", error))?;
-        if let Some(target) = stored.first_chunk::<8>() {
-            let bytes = (stored.len() + raw.len()) as u64;
-            stats.count(NodeId(u64::from_be_bytes(*target)), bytes, true);
-        }
+        stats.count_stored(&stored, raw.len());
     }
     Ok(stats)
 }

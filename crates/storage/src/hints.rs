@@ -60,6 +60,14 @@ impl HintStats {
         self.by_target.is_empty()
     }
 
+    /// Counts a hint found in storage under `stored` with a value of `value_len`
+    /// bytes (counting what is held at open).
+    pub(crate) fn count_stored(&mut self, stored: &[u8], value_len: usize) {
+        if let Some(target) = target_of(stored) {
+            self.count(target, (stored.len() + value_len) as u64, true);
+        }
+    }
+
     /// Counts a stored hint of `bytes` (`added`) or its removal.
     pub(crate) fn count(&mut self, target: NodeId, bytes: u64, added: bool) {
         let count = self.by_target.entry(target).or_default();
@@ -83,6 +91,13 @@ pub(crate) fn encode_key(target: NodeId, key: &Key) -> Vec<u8> {
     out.extend_from_slice(&target.0.to_be_bytes());
     out.extend_from_slice(&stored);
     out
+}
+
+/// The target a stored hint key is for (`None` for a key too short to have one).
+pub(crate) fn target_of(stored: &[u8]) -> Option<NodeId> {
+    stored
+        .first_chunk::<TARGET_BYTES>()
+        .map(|target| NodeId(u64::from_be_bytes(*target)))
 }
 
 /// The first stored key of `target`'s range, or the one right after `after`.

@@ -207,8 +207,7 @@ impl Engine for MemoryEngine {
         let targets: BTreeSet<NodeId> = state
             .hints
             .keys()
-            .filter_map(|stored| stored.first_chunk::<8>())
-            .map(|target| NodeId(u64::from_be_bytes(*target)))
+            .filter_map(|stored| hints::target_of(stored))
             .collect();
         let mut found = Vec::new();
         for target in targets {
@@ -249,10 +248,7 @@ impl Engine for MemoryEngine {
         let state = self.lock();
         let mut stats = HintStats::default();
         for (stored, raw) in &state.hints {
-            if let Some(target) = stored.first_chunk::<8>() {
-                let bytes = (stored.len() + raw.len()) as u64;
-                stats.count(NodeId(u64::from_be_bytes(*target)), bytes, true);
-            }
+            stats.count_stored(stored, raw.len());
         }
         stats
     }
