@@ -29,34 +29,8 @@ done
 
 readonly http_port=18280 resp_port=16580 peer_port=17280 interval_ms=300
 readonly work="target/bench-anti-entropy" ringkv="target/release/ringkv" limit_s=600
-log() { echo "== $*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
-now_ms() { date +%s%3N; }
-url() { echo "http://127.0.0.1:$((http_port + $1))"; }
-
-dev_pid=""
-cleanup() {
-    local status=$? pid nodes
-    set +e
-    if [[ -n "$dev_pid" ]]; then
-        nodes="$(ps -o pid= --ppid "$dev_pid" 2>/dev/null | tr -d ' ')"
-        for pid in $nodes; do kill -CONT "$pid" 2>/dev/null; done
-        kill -TERM "$dev_pid" 2>/dev/null
-        for ((i = 0; i < 200; i++)); do kill -0 "$dev_pid" 2>/dev/null || break; sleep 0.1; done
-        for pid in $nodes; do kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null; done
-        kill -KILL "$dev_pid" 2>/dev/null
-        wait "$dev_pid" 2>/dev/null
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-command -v curl >/dev/null || die "curl is needed"
-command -v python3 >/dev/null || die "python3 is needed"
-log "building ringkv (release)"
-cargo build --release -p ringkv-cli >&2
+source bench/lib.sh
+bench_prepare
 
 export RINGKV_MAX_HINTS_BYTES=0 RINGKV_ANTI_ENTROPY_INTERVAL_MS=$interval_ms \
     RINGKV_STREAMING_BYTES_PER_SEC=$limit RINGKV_GOSSIP_INTERVAL_MS=200 \
@@ -67,20 +41,6 @@ start_dev() {
     "$ringkv" dev --nodes "${1:-3}" --data-dir "$work/data" --http-port "$http_port" \
         --resp-port "$resp_port" --peer-port "$peer_port" >>"$work/dev.log" 2>&1 &
     dev_pid=$!
-}
-wait_health() {
-    for ((i = 0; ; i++)); do
-        curl -fsS --max-time 1 -o /dev/null "$(url "$1")/health" 2>/dev/null && return 0
-        ((i < 300)) || die "node $1 did not answer /health"
-        sleep 0.2
-    done
-}
-node_pid() {
-    local pid
-    for pid in $(ps -o pid= --ppid "$dev_pid" | tr -d ' '); do
-        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "127.0.0.1:$((http_port + $1))" && { echo "$pid"; return; }
-    done
-    die "no process for node $1"
 }
 # "<keys_repaired> <record_bytes> <exchange_bytes> <rounds>" of node $1.
 ae() {
@@ -97,13 +57,6 @@ log "loading $keys keys"
 "$ringkv" bench --workload read --ops 1 --keys "$keys" --concurrency 32 --value-size 100 \
     --url "$(url 0),$(url 1),$(url 2)" >/dev/null
 sleep 2
-
-stop_dev() {
-    [[ -n "$dev_pid" ]] || return 0
-    kill -TERM "$dev_pid"
-    wait "$dev_pid" 2>/dev/null || true
-    dev_pid=""
-}
 
 # --- 1 % difference ------------------------------------------------------------------
 # Node 2 must miss writes for real (a paused node still gets what was sent to it once

@@ -32,36 +32,10 @@ done
 readonly http_port=18180 resp_port=16480 peer_port=17180
 readonly gossip_ms=200 suspicion_ms=1000 down_ms=2000
 readonly work="target/bench-handoff" ringkv="target/release/ringkv" poll_limit_s=120
-log() { echo "== $*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
-now_ms() { date +%s%3N; }
-
-dev_pid=""
+source bench/lib.sh
 paused_pid=""
-cleanup() {
-    local status=$? nodes pid
-    set +e
-    [[ -n "$paused_pid" ]] && kill -CONT "$paused_pid" 2>/dev/null
-    if [[ -n "$dev_pid" ]]; then
-        nodes="$(ps -o pid= --ppid "$dev_pid" 2>/dev/null | tr -d ' ')"
-        kill -TERM "$dev_pid" 2>/dev/null
-        for ((i = 0; i < 200; i++)); do kill -0 "$dev_pid" 2>/dev/null || break; sleep 0.1; done
-        for pid in $nodes; do kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null; done
-        kill -KILL "$dev_pid" 2>/dev/null
-        wait "$dev_pid" 2>/dev/null
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_prepare
 
-command -v curl >/dev/null || die "curl is needed"
-command -v python3 >/dev/null || die "python3 is needed"
-log "building ringkv (release)"
-cargo build --release -p ringkv-cli >&2
-
-url() { echo "http://127.0.0.1:$((http_port + $1))"; }
 # "<status of node 2> <hints for node 2>" as node $1 sees it.
 view() {
     curl -fsS --max-time 2 "$(url "$1")/v1/cluster/status" | python3 -c '
@@ -80,20 +54,8 @@ RINGKV_GOSSIP_INTERVAL_MS=$gossip_ms RINGKV_SUSPICION_THRESHOLD_MS=$suspicion_ms
     "$ringkv" dev --nodes 3 --data-dir "$work/data" --http-port "$http_port" \
     --resp-port "$resp_port" --peer-port "$peer_port" >"$work/dev.log" 2>&1 &
 dev_pid=$!
-for node in 0 1 2; do
-    for ((i = 0; ; i++)); do
-        curl -fsS --max-time 1 -o /dev/null "$(url "$node")/health" 2>/dev/null && break
-        kill -0 "$dev_pid" 2>/dev/null || die "ringkv dev exited"
-        ((i < 300)) || die "node $node did not answer /health"
-        sleep 0.2
-    done
-done
-for pid in $(ps -o pid= --ppid "$dev_pid" | tr -d ' '); do
-    if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "127.0.0.1:$((http_port + 2))"; then
-        paused_pid=$pid
-    fi
-done
-[[ -n "$paused_pid" ]] || die "cannot find node 2's process"
+for node in 0 1 2; do wait_health "$node"; done
+paused_pid="$(node_pid 2)"
 
 # Node ids are 0, 1, 2 in `ringkv dev`; the third id is node 2.
 log "SIGSTOP node 2 (pid $paused_pid)"
