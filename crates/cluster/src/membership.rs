@@ -160,10 +160,15 @@ impl Membership {
     }
 
     /// How to reach a member.
+    /// On every request's path: copies the address only, never the member's tokens.
     pub fn peer(&self, id: NodeId) -> Option<Peer> {
-        self.member(id).map(|member| Peer {
+        let state = self
+            .state
+            .read()
+            .expect("membership lock is never poisoned");
+        state.members.get(&id).map(|member| Peer {
             id,
-            addr: member.peer_addr,
+            addr: member.peer_addr.clone(),
         })
     }
 

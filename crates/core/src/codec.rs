@@ -148,10 +148,19 @@ impl Record {
                 })
                 .collect(),
         };
-        let mut out = vec![RECORD_FORMAT_V1];
+        // One allocation: the bodies plus room for the dots and the context.
+        let bodies: usize = wire
+            .siblings
+            .iter()
+            .map(|sibling| match &sibling.body {
+                BodyV1::Bytes(bytes) | BodyV1::Crdt(bytes) => bytes.len(),
+                BodyV1::Tombstone => 0,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(64 + bodies + 40 * wire.siblings.len());
+        out.push(RECORD_FORMAT_V1);
         // Serializing plain integers, options and byte strings into a Vec cannot fail.
-        out.extend(postcard::to_stdvec(&wire).expect("record encoding is infallible"));
-        out
+        postcard::to_extend(&wire, out).expect("record encoding is infallible")
     }
 
     /// Reads a stored record back.

@@ -64,7 +64,10 @@ pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
 /// # Errors
 /// A payload longer than `max_frame_bytes` is [`FrameError::TooLarge`].
 pub fn encode<T: Serialize>(message: &T, max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
-    let mut frame = postcard::to_extend(message, vec![0; LENGTH_BYTES])
+    // Most frames (a record of a small value) fit without growing the buffer.
+    let mut buffer = Vec::with_capacity(256);
+    buffer.extend_from_slice(&[0; LENGTH_BYTES]);
+    let mut frame = postcard::to_extend(message, buffer)
         .map_err(|error| FrameError::Encode(error.to_string()))?;
     let len = frame.len() - LENGTH_BYTES;
     let too_large = FrameError::TooLarge {
