@@ -12,7 +12,7 @@ const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 pub struct UrlArgs {
     /// Node to talk to.
     #[arg(long, env = "RINGKV_URL", default_value = DEFAULT_URL)]
-    url: String,
+    pub url: String,
 }
 
 #[derive(Args)]
@@ -80,7 +80,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Sends a request and returns the status and JSON body (if any).
-fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+pub fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     runtime()?.block_on(async {
         let response = request
             .send()
@@ -93,7 +93,7 @@ fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     })
 }
 
-fn fail(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
+pub fn fail(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
     let message = body["error"]["message"]
         .as_str()
         .map_or_else(|| body.to_string(), str::to_owned);

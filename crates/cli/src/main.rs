@@ -4,6 +4,7 @@
 mod bench;
 mod dev;
 mod kv;
+mod node;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
     Ring(kv::UrlArgs),
     /// Load nodes over HTTP and report ops/s and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Change the ring: follow a join, decommission or remove a node.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => kv::status(args),
         Command::Ring(args) => kv::ring(args),
         Command::Bench(args) => bench::run(args),
+        Command::Node(command) => node::run(command),
     };
     match result {
         Ok(code) => code,

@@ -57,6 +57,8 @@ pub enum CoordinatorError {
     Corrupt(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<PeerError> for CoordinatorError {
@@ -72,6 +74,7 @@ impl From<PeerError> for CoordinatorError {
             PeerError::Corrupt { message } => CoordinatorError::Corrupt(message),
             PeerError::Invalid { message } => CoordinatorError::Invalid(message),
             PeerError::Internal { message } => CoordinatorError::Internal(message),
+            PeerError::Refused { message } => CoordinatorError::Refused(message),
             error @ PeerError::HintsFull { .. } => {
                 CoordinatorError::Internal(format!("unexpected answer: {error:?}"))
             }
@@ -95,6 +98,9 @@ impl From<&CoordinatorError> for PeerError {
                 message: message.clone(),
             },
             CoordinatorError::Internal(message) => PeerError::Internal {
+                message: message.clone(),
+            },
+            CoordinatorError::Refused(message) => PeerError::Refused {
                 message: message.clone(),
             },
         }
@@ -163,6 +169,21 @@ impl Coordinator {
         (list.replicas().to_vec(), list.fallbacks().to_vec())
     }
 
+    /// The key's pending replicas: those of the next ring that are not replicas now
+    /// (a joining node taking the key over, or the next owner of a leaving node's
+    /// copy). Writes reach them too; empty when no join or leave is under way.
+    fn pending(&self, key: &Key, replicas: &[NodeId]) -> Vec<NodeId> {
+        let Some(next) = self.membership.next_ring() else {
+            return Vec::new();
+        };
+        next.preference_list(key.token(), usize::from(self.settings.replication_factor))
+            .replicas()
+            .iter()
+            .copied()
+            .filter(|id| !replicas.contains(id))
+            .collect()
+    }
+
     /// How long to wait for `node`: the request timeout, a quarter of it for a
     /// suspicious node; `None` for a node detected down (do not call it).
     fn timeout_for(&self, node: NodeId) -> Option<Duration> {
@@ -207,12 +228,23 @@ impl Coordinator {
         forwarded: bool,
     ) -> Result<WriteAck, CoordinatorError> {
         let (replicas, fallbacks) = self.placement(&write.key);
+        // While a range changes hands, a write must reach W of its current replicas
+        // and W of its next ones: W + (pending) distinct holders among both (as
+        // Cassandra does), so a quorum read stays sure to see it on either side of
+        // the switch.
+        let pending = self.pending(&write.key, &replicas);
+        let fallbacks: Vec<NodeId> = fallbacks
+            .into_iter()
+            .filter(|id| !pending.contains(id))
+            .collect();
+        let client_required = required;
+        let required = required.saturating_add(u8::try_from(pending.len()).unwrap_or(u8::MAX));
         let unavailable = |acked: u8| CoordinatorError::QuorumUnavailable {
             acked,
             required,
             write: true,
         };
-        if replicas.len() < usize::from(required) {
+        if replicas.len() < usize::from(client_required) {
             return Err(unavailable(0));
         }
         let me = self.membership.me();
@@ -226,7 +258,7 @@ impl Coordinator {
             for peer in self.peers(&up) {
                 let request = PeerRequest::Coordinate {
                     write: encode_write(&write),
-                    required,
+                    required: client_required,
                 };
                 match self.transport.call(&peer, request, timeout).await {
                     Ok(PeerResponse::Written { version, hinted }) => {
@@ -299,6 +331,7 @@ impl Coordinator {
         let calls: Vec<(NodeId, BoxFuture<Option<Holder>>)> = replicas
             .iter()
             .zip(assigned)
+            .chain(pending.iter().map(|id| (id, None)))
             .map(|(replica, fallback)| {
                 let slot = Slot {
                     membership: self.membership.clone(),

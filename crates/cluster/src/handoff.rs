@@ -8,13 +8,18 @@
 //! into meanwhile (then the next round sends it again). A failed call ends the
 //! target's round. Hints older than `hint_ttl_ms` are dropped, counted: anti-entropy
 //! repairs what they carried.
+//!
+//! Hints for a node that left the ring (decommissioned, or removed as dead) go to
+//! the key's current replicas instead: the hint may be the only copy the write has
+//! beyond its other replicas. Each is forgotten once every replica not detected
+//! down (and at least one) acknowledged it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::NodeId;
 use ringkv_core::wire::{PeerRequest, PeerResponse};
+use ringkv_core::{MemberState, NodeId};
 use ringkv_storage::Hint;
 
 use crate::gather::Gather;
@@ -34,6 +39,8 @@ pub struct HandoffSettings {
     pub bytes_per_round: u64,
     /// How long one delivery may take (`request_timeout_ms`).
     pub request_timeout: Duration,
+    /// N: hints for a node that left go to the key's N replicas.
+    pub replication_factor: usize,
 }
 
 /// What one round did.
@@ -79,6 +86,15 @@ impl Handoff {
             if report.bytes >= self.settings.bytes_per_round {
                 break;
             }
+            // (A target not known yet, as after a restart, is not one that left.)
+            let left = self
+                .membership
+                .member(target)
+                .is_some_and(|member| member.state == MemberState::Left);
+            if left {
+                self.redirect(target, &mut report).await;
+                continue;
+            }
             if self.membership.liveness(target) != Liveness::Healthy {
                 continue;
             }
@@ -88,6 +104,77 @@ impl Handoff {
             tracing::debug!(?report, "hinted handoff round");
         }
         report
+    }
+
+    /// Sends the hints held for `target`, which left the ring, to their keys'
+    /// current replicas (one page per round).
+    async fn redirect(&self, target: NodeId, report: &mut HandoffReport) {
+        let node = self.node.clone();
+        let page = offload(self.spawner.as_ref(), move || {
+            node.hints(target, None, PAGE)
+        })
+        .await;
+        let hints = match page {
+            Some(Ok(hints)) => hints,
+            Some(Err(error)) => {
+                tracing::warn!(%target, "cannot read hints: {error}");
+                return;
+            }
+            None => return,
+        };
+        let ring = self.membership.ring();
+        let mut done = Vec::new();
+        for hint in hints {
+            let replicas: Vec<NodeId> = ring
+                .preference_list(hint.key.token(), self.settings.replication_factor)
+                .replicas()
+                .iter()
+                .copied()
+                .filter(|id| self.membership.liveness(*id).is_up())
+                .collect();
+            let record = Bytes::from(hint.record.encode());
+            let mut calls: Vec<(NodeId, BoxFuture<bool>)> = Vec::new();
+            for id in &replicas {
+                let Some(peer) = self.membership.peer(*id) else {
+                    continue;
+                };
+                report.bytes += record.len() as u64;
+                let call = self.transport.call(
+                    &peer,
+                    PeerRequest::Replicate {
+                        key: hint.key.to_bytes(),
+                        record: record.clone(),
+                    },
+                    self.settings.request_timeout,
+                );
+                calls.push((
+                    *id,
+                    Box::pin(async move { matches!(call.await, Ok(PeerResponse::Ack)) }),
+                ));
+            }
+            let mut gather = Gather::new(calls);
+            gather.all().await;
+            let acks = gather.done().iter().filter(|(_, acked)| *acked).count();
+            if acks > 0 && acks == replicas.len() {
+                done.push(hint);
+            } else {
+                report.failed += 1;
+            }
+        }
+        let count = done.len() as u64;
+        let node = self.node.clone();
+        let _ = offload(self.spawner.as_ref(), move || {
+            for hint in &done {
+                node.forget_hint(hint)?;
+            }
+            Ok::<(), crate::NodeError>(())
+        })
+        .await;
+        if count > 0 {
+            tracing::info!(%target, count, "hints for a node that left went to the keys' replicas");
+            report.delivered += count;
+            metrics::counter!("ringkv_hints_delivered_total").increment(count);
+        }
     }
 
     async fn deliver_to(&self, target: NodeId, report: &mut HandoffReport) {

@@ -16,9 +16,9 @@
 //! * `handoff`: hands hints back to their targets once they are healthy again.
 //! * `antientropy`: Merkle-tree comparison of shared arcs with peers, and the repair
 //!   of the keys that differ.
+//! * `topology`: join and decommission, streaming ranges between nodes while both
+//!   the current and the next ring take writes.
 //! * `gather`: wait for the first k of several calls without spawning.
-//!
-//! Join, decommission and removal arrive with their issue.
 
 pub mod antientropy;
 pub mod clock;
@@ -29,6 +29,7 @@ pub mod membership;
 pub mod node;
 pub mod quorum;
 pub mod replica;
+pub mod topology;
 pub mod transport;
 
 pub use clock::{Clock, ManualClock};

@@ -46,8 +46,34 @@ struct Seen {
 
 struct State {
     members: BTreeMap<NodeId, Member>,
+    /// The current ring (normal and leaving members): where reads go.
     ring: Arc<Ring>,
+    /// The next ring (normal and joining members) while a join or leave is under
+    /// way: writes go to its replicas too.
+    next: Option<Arc<Ring>>,
     seen: BTreeMap<NodeId, Seen>,
+}
+
+impl State {
+    fn recompute_rings(&mut self) {
+        let members: Vec<Member> = self.members.values().cloned().collect();
+        self.ring = Arc::new(Ring::from_members(&members));
+        self.next = Ring::next_from_members(&members).map(Arc::new);
+    }
+}
+
+/// Why a member could not be removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoveError {
+    #[error("no member {0} is known")]
+    Unknown(NodeId),
+    #[error("node {0} is this node: use decommission to take it out of the ring")]
+    Myself(NodeId),
+    #[error(
+        "node {id} is {liveness} here, not down: use `ringkv node decommission {id}` to take a \
+         live node out (it streams its data away first)"
+    )]
+    Alive { id: NodeId, liveness: &'static str },
 }
 
 /// This node's view of the cluster.
@@ -96,17 +122,17 @@ impl Membership {
     pub fn new(me: Member, clock: Arc<dyn Clock>, detector: Detector) -> Membership {
         let id = me.id;
         let members = BTreeMap::from([(id, me)]);
-        let ring = Arc::new(Ring::from_members(
-            &members.values().cloned().collect::<Vec<_>>(),
-        ));
+        let mut state = State {
+            members,
+            ring: Arc::new(Ring::default()),
+            next: None,
+            seen: BTreeMap::new(),
+        };
+        state.recompute_rings();
         Membership {
             me: id,
             reported_me: Mutex::new(None),
-            state: RwLock::new(State {
-                members,
-                ring,
-                seen: BTreeMap::new(),
-            }),
+            state: RwLock::new(state),
             clock,
             detector,
             rng: Mutex::new(id.0 ^ 0x5EED_0F60_551F),
@@ -138,6 +164,79 @@ impl Membership {
             .expect("membership lock is never poisoned")
             .ring
             .clone()
+    }
+
+    /// The ring once the joins and leaves under way are done, if any are.
+    pub fn next_ring(&self) -> Option<Arc<Ring>> {
+        self.state
+            .read()
+            .expect("membership lock is never poisoned")
+            .next
+            .clone()
+    }
+
+    /// This node's own entry.
+    pub fn myself(&self) -> Member {
+        self.member(self.me)
+            .expect("the table always holds this node's own entry")
+    }
+
+    /// Moves this node to `state` (joining → normal, normal → leaving → left), with
+    /// a new heartbeat so the news wins every merge; the rings follow.
+    pub fn set_my_state(&self, to: MemberState) {
+        let mut state = self
+            .state
+            .write()
+            .expect("membership lock is never poisoned");
+        if let Some(me) = state.members.get_mut(&self.me) {
+            if me.state == to {
+                return;
+            }
+            tracing::info!(
+                from = me.state.as_str(),
+                to = to.as_str(),
+                "this node changes state"
+            );
+            me.state = to;
+            me.heartbeat += 1;
+        }
+        state.recompute_rings();
+    }
+
+    /// Takes a dead member out of the ring for good (`ringkv node remove`, or
+    /// automatically once it is permanently failed): its entry becomes `Left` at
+    /// its last (generation, heartbeat), which wins every merge until the node
+    /// itself comes back with a newer heartbeat (it then learns it was removed and
+    /// leaves, see `merge`). The next owners of its ranges get their data from the
+    /// surviving replicas through anti-entropy.
+    ///
+    /// # Errors
+    /// An unknown member, this node, or one not detected down (`force` skips that
+    /// check).
+    pub fn remove(&self, id: NodeId, force: bool) -> Result<bool, RemoveError> {
+        if id == self.me {
+            return Err(RemoveError::Myself(id));
+        }
+        let liveness = self.liveness(id);
+        if !force && liveness.is_up() {
+            return Err(RemoveError::Alive {
+                id,
+                liveness: liveness.as_str(),
+            });
+        }
+        let mut state = self
+            .state
+            .write()
+            .expect("membership lock is never poisoned");
+        let member = state.members.get_mut(&id).ok_or(RemoveError::Unknown(id))?;
+        if member.state == MemberState::Left {
+            return Ok(false);
+        }
+        tracing::warn!(member = %id, liveness = liveness.as_str(), "removing member from the ring");
+        member.state = MemberState::Left;
+        state.recompute_rings();
+        metrics::counter!("ringkv_members_removed_total").increment(1);
+        Ok(true)
     }
 
     pub fn members(&self) -> Vec<Member> {
@@ -184,8 +283,7 @@ impl Membership {
             me.heartbeat = me.heartbeat.max(current.heartbeat);
         }
         state.members.insert(me.id, me);
-        let members: Vec<Member> = state.members.values().cloned().collect();
-        state.ring = Arc::new(Ring::from_members(&members));
+        state.recompute_rings();
     }
 
     /// Bumps this node's heartbeat: once per gossip round, before the exchange.
@@ -290,6 +388,20 @@ impl Membership {
         let now = self.clock.monotonic_ms();
         for member in news {
             if member.id == self.me {
+                // Others removed this run of the node (it was taken for dead): it
+                // obeys, since its ranges have new owners now. A restart rejoins.
+                if let Some(mine) = state.members.get_mut(&self.me)
+                    && member.state == MemberState::Left
+                    && member.generation == mine.generation
+                    && mine.state != MemberState::Left
+                {
+                    tracing::error!(
+                        "the cluster removed this node (it was taken for dead): it leaves the ring; restart it to join again"
+                    );
+                    mine.state = MemberState::Left;
+                    mine.heartbeat = mine.heartbeat.max(member.heartbeat) + 1;
+                    changed = true;
+                }
                 let mut reported = self
                     .reported_me
                     .lock()
@@ -341,8 +453,7 @@ impl Membership {
             }
         }
         if changed {
-            let members: Vec<Member> = state.members.values().cloned().collect();
-            state.ring = Arc::new(Ring::from_members(&members));
+            state.recompute_rings();
         }
         back
     }
@@ -392,6 +503,44 @@ impl Membership {
             let _ = self.exchange(transport, &peer, timeout).await;
         }
         self.tick();
+        self.remove_permanently_failed();
+    }
+
+    /// Removes every member permanently failed here (DESIGN.md §6), but only while
+    /// this node sees a strict majority of the members up: the minority side of a
+    /// long partition must not remove the majority (which would then, once the
+    /// partition heals, learn it was removed and leave). Returns the removed.
+    pub fn remove_permanently_failed(&self) -> Vec<NodeId> {
+        let members: Vec<Member> = self
+            .members()
+            .into_iter()
+            .filter(|member| member.state != MemberState::Left)
+            .collect();
+        let failed: Vec<NodeId> = members
+            .iter()
+            .filter(|member| self.liveness(member.id) == Liveness::PermanentlyFailed)
+            .map(|member| member.id)
+            .collect();
+        if failed.is_empty() {
+            return failed;
+        }
+        let up = members
+            .iter()
+            .filter(|member| self.liveness(member.id).is_up())
+            .count();
+        if up * 2 <= members.len() {
+            tracing::warn!(
+                up,
+                members = members.len(),
+                failed = failed.len(),
+                "permanently failed members stay: this node does not see a majority up"
+            );
+            return Vec::new();
+        }
+        failed
+            .into_iter()
+            .filter(|id| matches!(self.remove(*id, false), Ok(true)))
+            .collect()
     }
 
     /// One exchange of tables with `peer`: send ours, merge theirs.
@@ -423,6 +572,60 @@ impl Membership {
                 Err(error)
             }
         }
+    }
+
+    /// Exchanges tables with every other member that has not left and is not
+    /// detected down, all at once, and waits for them: after a state change of this
+    /// node, so the cluster routes by it before anything depends on that. Returns
+    /// how many answered of how many were asked.
+    pub async fn announce(
+        &self,
+        transport: &Arc<dyn Transport>,
+        timeout: Duration,
+    ) -> (usize, usize) {
+        let peers: Vec<Peer> = self
+            .members()
+            .into_iter()
+            .filter(|member| {
+                member.id != self.me
+                    && member.state != MemberState::Left
+                    && self.liveness(member.id).is_up()
+            })
+            .map(|member| Peer {
+                id: member.id,
+                addr: member.peer_addr,
+            })
+            .collect();
+        let asked = peers.len();
+        let request = PeerRequest::Members {
+            members: self.news(),
+        };
+        let calls = peers
+            .into_iter()
+            .map(|peer| {
+                let call = transport.call(&peer, request.clone(), timeout);
+                let reply: crate::transport::BoxFuture<Option<Vec<Member>>> =
+                    Box::pin(async move {
+                        match call.await {
+                            Ok(PeerResponse::Members { members }) => Some(members),
+                            _ => None,
+                        }
+                    });
+                (peer.id, reply)
+            })
+            .collect();
+        let mut gather = crate::gather::Gather::new(calls);
+        gather.all().await;
+        let mut answered = 0;
+        for (_, reply) in gather.into_done() {
+            if let Some(members) = reply {
+                answered += 1;
+                for id in self.merge(members) {
+                    transport.forget_failures(id);
+                }
+            }
+        }
+        (answered, asked)
     }
 
     /// Handles a peer's `Members` request: merge its news, answer with our table.

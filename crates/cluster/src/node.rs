@@ -87,6 +87,20 @@ pub struct Node {
     trees: Mutex<Forest>,
 }
 
+/// About the encoded size of a record: its bodies plus a little per version.
+fn approximate_size(record: &Record) -> usize {
+    record
+        .siblings()
+        .map(|(_, sibling)| {
+            32 + match &sibling.body {
+                Body::Bytes(bytes) | Body::Crdt(bytes) => bytes.len(),
+                Body::Tombstone => 0,
+            }
+        })
+        .sum::<usize>()
+        + 16
+}
+
 /// What a record contributes to its Merkle leaf.
 fn digest(key: &Key, record: &Record) -> u64 {
     key_digest(key.as_bytes(), &record.encode())
@@ -221,6 +235,42 @@ impl Node {
                 .collect(),
             complete,
         ))
+    }
+
+    /// Records stored in `range` after `after`, in token order, about `max_bytes` of
+    /// keys and encoded records (at least one record when the range holds any, at
+    /// most `MAX_RECORDS_PER_PAGE`); the flag says whether the range holds nothing
+    /// after them (range streaming).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn page(
+        &self,
+        range: TokenRange,
+        after: Option<&Key>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Key, Record)>, bool), NodeError> {
+        const BATCH: usize = 256;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = after.cloned();
+        loop {
+            let batch = self.engine.scan(range, cursor.as_ref(), BATCH)?;
+            let exhausted = batch.len() < BATCH;
+            for (key, record) in batch {
+                if !out.is_empty()
+                    && (bytes >= max_bytes || out.len() >= ringkv_core::wire::MAX_RECORDS_PER_PAGE)
+                {
+                    return Ok((out, false));
+                }
+                bytes += key.as_bytes().len() + approximate_size(&record);
+                cursor = Some(key.clone());
+                out.push((key, record));
+            }
+            if exhausted {
+                return Ok((out, true));
+            }
+        }
     }
 
     /// Caps the hints this node holds for others (`max_hints_bytes`).

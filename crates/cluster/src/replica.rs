@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::wire::{
-    MAX_ARCS_PER_REQUEST, MAX_DIGESTS, PeerError, PeerRequest, PeerResponse, WireWrite,
+    MAX_ARCS_PER_REQUEST, MAX_DIGESTS, MAX_PAGE_BYTES, MAX_RECORDS_PER_PAGE, PeerError,
+    PeerRequest, PeerResponse, WireWrite,
 };
 use ringkv_core::{Context, Key, Record};
 use ringkv_storage::{StorageError, SyncWait};
@@ -209,11 +210,65 @@ impl Node {
                     Err(error) => ReplicaReply::error(error.into()),
                 }
             }
-            PeerRequest::Coordinate { .. } | PeerRequest::Members { .. } => {
-                ReplicaReply::error(PeerError::Internal {
-                    message: "not a replica request".into(),
-                })
+            PeerRequest::StreamRange {
+                range,
+                after,
+                max_bytes,
+            } => {
+                if range.start > range.end {
+                    return ReplicaReply::error(invalid(
+                        "a token range that ends before it starts".into(),
+                    ));
+                }
+                let after = match after.map(Key::from_stored).transpose() {
+                    Ok(after) => after,
+                    Err(error) => return ReplicaReply::error(invalid(format!("bad key: {error}"))),
+                };
+                let max_bytes =
+                    usize::try_from(max_bytes.min(MAX_PAGE_BYTES)).unwrap_or(usize::MAX);
+                match self.page(range, after.as_ref(), max_bytes) {
+                    Ok((records, complete)) => ReplicaReply::now(PeerResponse::Records {
+                        records: records
+                            .into_iter()
+                            .map(|(key, record)| (key.to_bytes(), Bytes::from(record.encode())))
+                            .collect(),
+                        complete,
+                    }),
+                    Err(error) => ReplicaReply::error(error.into()),
+                }
             }
+            PeerRequest::Store { records } => {
+                if records.len() > MAX_RECORDS_PER_PAGE {
+                    return ReplicaReply::error(invalid(format!(
+                        "{} records stored at once, more than {MAX_RECORDS_PER_PAGE}",
+                        records.len()
+                    )));
+                }
+                let mut decoded = Vec::with_capacity(records.len());
+                for (key, record) in records {
+                    match key_and_record(key, &record) {
+                        Ok(pair) => decoded.push(pair),
+                        Err(error) => return ReplicaReply::error(error),
+                    }
+                }
+                let mut durable = None;
+                for (key, record) in &decoded {
+                    match self.replicate(key, record) {
+                        Ok(wait) => durable = Some(wait),
+                        Err(error) => return ReplicaReply::error(error.into()),
+                    }
+                }
+                // The last barrier covers every write before it.
+                ReplicaReply {
+                    response: PeerResponse::Ack,
+                    durable: Some(durable.unwrap_or_else(|| self.sync())),
+                }
+            }
+            PeerRequest::Coordinate { .. }
+            | PeerRequest::Members { .. }
+            | PeerRequest::Decommission => ReplicaReply::error(PeerError::Internal {
+                message: "not a replica request".into(),
+            }),
         }
     }
 }

@@ -14,13 +14,45 @@ impl std::fmt::Display for NodeId {
     }
 }
 
-/// Where a member is in its life in the ring.
+/// Where a member is in its life in the ring (DESIGN.md §6, topology changes).
+///
+/// The order matters: at equal (generation, heartbeat) the later state wins a
+/// gossip merge, so a removal (another node marking a dead member `Left` at that
+/// member's last heartbeat) spreads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum MemberState {
+    /// Has taken its tokens but is still streaming the ranges it takes over: writes
+    /// reach it (beside the current owners), reads do not.
+    Joining,
     /// Owns its vnodes and serves.
     Normal,
+    /// Streaming its ranges out to their next owners: still serves them, writes
+    /// reach the next owners too.
+    Leaving,
     /// Has left the ring for good (decommissioned or removed); kept so the news spreads.
     Left,
+}
+
+impl MemberState {
+    /// Whether the node serves its ranges now (reads and writes): the current ring.
+    pub fn in_current_ring(self) -> bool {
+        matches!(self, MemberState::Normal | MemberState::Leaving)
+    }
+
+    /// Whether the node will serve its ranges once the changes under way are done:
+    /// the next ring.
+    pub fn in_next_ring(self) -> bool {
+        matches!(self, MemberState::Normal | MemberState::Joining)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Normal => "normal",
+            MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
+        }
+    }
 }
 
 /// One member as announced by itself and spread by the others.

@@ -122,15 +122,32 @@ impl Ring {
         ring
     }
 
-    /// The ring of the members that have not left ([`MemberState::Left`] members hold
-    /// no tokens any more).
+    /// The current ring: the members that serve their ranges now (normal and
+    /// leaving ones; joining ones are not there yet, left ones hold no tokens).
     pub fn from_members(members: &[Member]) -> Ring {
         Ring::new(
             members
                 .iter()
-                .filter(|member| member.state != MemberState::Left)
+                .filter(|member| member.state.in_current_ring())
                 .map(|member| (member.id, member.tokens.clone())),
         )
+    }
+
+    /// The next ring, once every join and leave under way is done (normal and
+    /// joining members); `None` when no change is under way (it equals the current
+    /// ring).
+    pub fn next_from_members(members: &[Member]) -> Option<Ring> {
+        members
+            .iter()
+            .any(|member| matches!(member.state, MemberState::Joining | MemberState::Leaving))
+            .then(|| {
+                Ring::new(
+                    members
+                        .iter()
+                        .filter(|member| member.state.in_next_ring())
+                        .map(|member| (member.id, member.tokens.clone())),
+                )
+            })
     }
 
     /// The number of physical nodes on the ring.
@@ -321,6 +338,43 @@ impl Ring {
         }
         arcs.sort_by_key(|(range, _)| range.start);
         arcs
+    }
+
+    /// `range` cut where this ring's vnode arcs end, each piece with its first `n`
+    /// replicas here: how a range of another ring (the next one, during a join or a
+    /// leave) maps onto this one. Empty for an empty ring.
+    pub fn pieces(&self, range: TokenRange, n: usize) -> Vec<(TokenRange, Vec<NodeId>)> {
+        if self.tokens.is_empty() || range.start > range.end {
+            return Vec::new();
+        }
+        let mut pieces = Vec::new();
+        let mut start = range.start;
+        // The vnode tokens inside the range end pieces; the last piece runs to the
+        // range's end.
+        let first = self.tokens.partition_point(|token| *token < range.start);
+        for token in self.tokens[first..]
+            .iter()
+            .take_while(|token| **token <= range.end)
+        {
+            pieces.push(TokenRange { start, end: *token });
+            match token.0.checked_add(1) {
+                Some(next) => start = Token(next),
+                None => break,
+            }
+        }
+        if pieces.last().is_none_or(|last| last.end < range.end) {
+            pieces.push(TokenRange {
+                start,
+                end: range.end,
+            });
+        }
+        pieces
+            .into_iter()
+            .map(|piece| {
+                let replicas = self.preference_list(piece.end, n).replicas().to_vec();
+                (piece, replicas)
+            })
+            .collect()
     }
 
     /// Each node's share of the token space as primary owner (the sum of its arcs over

@@ -15,9 +15,13 @@ use crate::member::{Member, NodeId};
 pub const MAX_ARCS_PER_REQUEST: usize = 65_536;
 /// Most keys one `Digests` answer lists.
 pub const MAX_DIGESTS: usize = 16_384;
+/// Most records one `Store` may carry (and one `Records` page holds).
+pub const MAX_RECORDS_PER_PAGE: usize = 4_096;
+/// Most bytes of keys and records one `StreamRange` page may ask for.
+pub const MAX_PAGE_BYTES: u32 = 8 << 20;
 
 /// Version of the peer protocol; a handshake with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A client write as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +68,22 @@ pub enum PeerRequest {
     /// Anti-entropy: every key the receiver holds in `range` with its digest
     /// (`Digests`), at most `MAX_DIGESTS` of them.
     LeafDigests { range: TokenRange },
+    /// Range streaming (join): the receiver's records in `range`, in token order,
+    /// starting after the key `after` (exclusive; `None` from the start of the
+    /// range), about `max_bytes` of them (at most `MAX_PAGE_BYTES`, at least one
+    /// record), answered with `Records`.
+    StreamRange {
+        range: TokenRange,
+        after: Option<Bytes>,
+        max_bytes: u32,
+    },
+    /// Range streaming (decommission): merge these records (key, `Record::encode`)
+    /// into the receiver's replica; `Ack` once all are durable. At most
+    /// `MAX_RECORDS_PER_PAGE`.
+    Store { records: Vec<(Bytes, Bytes)> },
+    /// Start decommissioning the receiver (`ringkv node decommission`): `Ack` once
+    /// started, `Error(Refused)` when it cannot leave now.
+    Decommission,
 }
 
 /// An answer to a `PeerRequest`.
@@ -103,6 +123,12 @@ pub enum PeerResponse {
         keys: Vec<(Bytes, u64)>,
         complete: bool,
     },
+    /// `StreamRange`: (key, record) in token order; `complete` when the range holds
+    /// nothing after the last one.
+    Records {
+        records: Vec<(Bytes, Bytes)>,
+        complete: bool,
+    },
     Error(PeerError),
 }
 
@@ -119,4 +145,7 @@ pub enum PeerError {
     Internal { message: String },
     /// The receiver already holds `max_bytes` of hints and takes no more.
     HintsFull { held_bytes: u64, max_bytes: u64 },
+    /// The request is valid but cannot be done in the cluster's state now (a
+    /// decommission that would leave fewer than N nodes, one already under way).
+    Refused { message: String },
 }

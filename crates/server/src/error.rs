@@ -28,6 +28,12 @@ pub enum ApiError {
     Corrupt(String),
     #[error("{0}")]
     Internal(String),
+    /// Valid, but not possible in the cluster's state now (a topology change).
+    #[error("{0}")]
+    Conflict(String),
+    /// A node id no member has.
+    #[error("{0}")]
+    UnknownNode(String),
 }
 
 impl ApiError {
@@ -39,6 +45,8 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::QuorumUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Corrupt(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UnknownNode(_) => StatusCode::NOT_FOUND,
         }
     }
 
@@ -51,6 +59,8 @@ impl ApiError {
             ApiError::QuorumUnavailable { .. } => "quorum_unavailable",
             ApiError::Corrupt(_) => "corrupt_record",
             ApiError::Internal(_) => "internal",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::UnknownNode(_) => "unknown_node",
         }
     }
 

@@ -17,6 +17,8 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ringkv_cluster::antientropy::AntiEntropy;
 use ringkv_cluster::coordinator::{Coordinator, CoordinatorError};
+use ringkv_cluster::membership::RemoveError;
+use ringkv_cluster::topology::Topology;
 use ringkv_cluster::{Node, Quorum, Write, WriteBody};
 use ringkv_core::{Body, Key, Limits, Member, MemberState, ReadView, Sibling};
 use serde::Deserialize;
@@ -38,6 +40,7 @@ pub struct AppState {
     pub write_quorum: u8,
     pub metrics: PrometheusHandle,
     pub anti_entropy: Arc<AntiEntropy>,
+    pub topology: Arc<Topology>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -51,6 +54,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/ring", get(cluster_ring))
         .route("/v1/cluster/anti-entropy", get(anti_entropy_status))
         .route("/v1/debug/key/{*key}", get(debug_key))
+        .route(
+            "/v1/cluster/nodes/{id}/decommission",
+            axum::routing::post(decommission_node),
+        )
+        .route(
+            "/v1/cluster/nodes/{id}/remove",
+            axum::routing::post(remove_node),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
@@ -65,8 +76,18 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// 200 once the node serves its ranges; 503 while it is still joining (it takes
+/// requests, forwarding them, but holds none of its ranges yet), so whatever waits
+/// for a node to be ready waits for its join.
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    match app.coordinator.membership().myself().state {
+        MemberState::Joining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "joining"})),
+        )
+            .into_response(),
+        _ => Json(json!({"status": "ok"})).into_response(),
+    }
 }
 
 async fn render_metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
@@ -100,10 +121,8 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
             "http_addr": member.http_addr,
             "resp_addr": member.resp_addr,
             "peer_addr": member.peer_addr,
-            "status": match member.state {
-                MemberState::Normal => membership.liveness(member.id).as_str(),
-                MemberState::Left => "left",
-            },
+            "status": status_of(member.state, membership.liveness(member.id)),
+            "state": member.state.as_str(),
             "generation": member.generation,
             "heartbeat": member.heartbeat,
             "vnodes": member.vnodes,
@@ -119,8 +138,18 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
         .filter_map(|(_, s)| s.last_converged_ms)
         .collect();
     let now_ms = app.node.now_ms();
+    let streaming = app.topology.progress();
     Json(json!({
         "node_id": app.node_id,
+        "streaming": {
+            "phase": streaming.phase.as_str(),
+            "ranges_total": streaming.ranges_total,
+            "ranges_done": streaming.ranges_done,
+            "keys": streaming.keys,
+            "bytes": streaming.bytes,
+            "took_ms": streaming.took_ms,
+            "retrying": streaming.retrying,
+        },
         "anti_entropy": {
             "rounds": totals.rounds,
             "keys_repaired": totals.keys_repaired,
@@ -137,6 +166,100 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
         "write_quorum": app.write_quorum,
         "nodes": nodes,
     }))
+}
+
+/// A member's status as `/v1/cluster/status` shows it: a joining or leaving
+/// member says so while it is up; otherwise what the failure detector says.
+fn status_of(state: MemberState, liveness: ringkv_cluster::membership::Liveness) -> &'static str {
+    match state {
+        MemberState::Left => "left",
+        MemberState::Joining | MemberState::Leaving if liveness.is_up() => state.as_str(),
+        _ => liveness.as_str(),
+    }
+}
+
+fn node_id_param(raw: &str) -> Result<ringkv_core::NodeId, ApiError> {
+    raw.parse::<u64>()
+        .map(ringkv_core::NodeId)
+        .map_err(|_| ApiError::invalid(format!("node id {raw:?} is not a number")))
+}
+
+/// `POST /v1/cluster/nodes/{id}/decommission`: starts streaming that node's
+/// ranges away (on that node: forwarded when it is another one) and answers at
+/// once (202); follow it in that node's `/v1/cluster/status` (`streaming`).
+async fn decommission_node(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let id = node_id_param(&id)?;
+    let membership = app.coordinator.membership();
+    if id == membership.me() {
+        crate::peer::start_decommission(&app.topology)
+            .map_err(|error| ApiError::Conflict(error.to_string()))?;
+    } else {
+        let peer = membership
+            .peer(id)
+            .ok_or_else(|| ApiError::UnknownNode(format!("no member {id} is known")))?;
+        let answer = app
+            .coordinator
+            .transport()
+            .call(
+                &peer,
+                ringkv_core::wire::PeerRequest::Decommission,
+                app.coordinator.settings().request_timeout,
+            )
+            .await
+            .map_err(|error| ApiError::Conflict(format!("cannot reach node {id}: {error}")))?;
+        match answer {
+            ringkv_core::wire::PeerResponse::Ack => {}
+            ringkv_core::wire::PeerResponse::Error(error) => {
+                return Err(CoordinatorError::from(error).into());
+            }
+            other => return Err(ApiError::Internal(format!("node {id} answered {other:?}"))),
+        }
+    }
+    let body = json!({"node": id.0, "status": "leaving"});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /v1/cluster/nodes/{id}/remove[?force=true]`: takes a dead node out of
+/// the ring (refused, 409, while this node sees it up, unless forced); the next
+/// owners of its ranges refill them from the other replicas (anti-entropy).
+async fn remove_node(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RemoveQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = node_id_param(&id)?;
+    let coordinator = &app.coordinator;
+    let membership = coordinator.membership();
+    let removed = membership
+        .remove(id, query.force)
+        .map_err(|error| match error {
+            RemoveError::Unknown(_) => ApiError::UnknownNode(error.to_string()),
+            RemoveError::Myself(_) | RemoveError::Alive { .. } => {
+                ApiError::Conflict(error.to_string())
+            }
+        })?;
+    let (answered, asked) = membership
+        .announce(
+            coordinator.transport(),
+            coordinator.settings().request_timeout,
+        )
+        .await;
+    Ok(Json(json!({
+        "node": id.0,
+        "status": "left",
+        "changed": removed,
+        "told": answered,
+        "of": asked,
+    })))
 }
 
 /// Every arc this node replicates: when anti-entropy last saw it match a peer's,
@@ -270,6 +393,7 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::Invalid(message) => ApiError::InvalidRequest(message),
             CoordinatorError::Corrupt(message) => ApiError::Corrupt(message),
             CoordinatorError::Internal(message) => ApiError::Internal(message),
+            CoordinatorError::Refused(message) => ApiError::Conflict(message),
         }
     }
 }

@@ -18,6 +18,7 @@ const ACTOR_ID: &str = "actor_id";
 const GENERATION: &str = "generation";
 const CLEAN_STOP: &str = "clean_stop";
 const TOKENS: &str = "tokens";
+const JOINING: &str = "joining";
 
 #[derive(Debug, Clone, Copy)]
 pub struct Identity {
@@ -165,6 +166,24 @@ pub fn store_tokens(engine: &dyn Engine, tokens: &[Token]) -> Result<(), Identit
         .flat_map(|token| token.to_be_bytes())
         .collect();
     engine.meta_put(TOKENS, &raw)?;
+    Ok(())
+}
+
+/// Whether this node took its tokens but has not finished streaming the ranges it
+/// takes over (a join interrupted by a stop: the next start joins again).
+///
+/// # Errors
+/// Storage errors.
+pub fn is_joining(engine: &dyn Engine) -> Result<bool, IdentityError> {
+    Ok(engine.meta_get(JOINING)?.as_deref() == Some(&[1]))
+}
+
+/// Marks the join under way (before its streaming) or done (after it).
+///
+/// # Errors
+/// Storage errors.
+pub fn store_joining(engine: &dyn Engine, joining: bool) -> Result<(), IdentityError> {
+    engine.meta_put(JOINING, &[u8::from(joining)])?;
     Ok(())
 }
 

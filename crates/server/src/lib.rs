@@ -31,6 +31,7 @@ use ringkv_cluster::antientropy::{AntiEntropy, AntiEntropySettings};
 use ringkv_cluster::coordinator::{Coordinator, Settings};
 use ringkv_cluster::handoff::{Handoff, HandoffSettings};
 use ringkv_cluster::membership::{Detector, Membership};
+use ringkv_cluster::topology::{Topology, TopologySettings};
 use ringkv_cluster::{Clock, Node, Peer, Spawn, TransportError};
 use ringkv_core::ring::allocate_tokens;
 use ringkv_core::{Limits, Member, MemberState, NodeId};
@@ -109,14 +110,15 @@ impl Server {
     /// seed reachable on first join.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let engine = open_engine(&config).await?;
-        let (identity, generation, stored_tokens) = {
+        let (identity, generation, stored_tokens, was_joining) = {
             let engine = engine.clone();
             let configured = config.node_id;
             tokio::task::spawn_blocking(move || -> Result<_, identity::IdentityError> {
                 let identity = identity::load(engine.as_ref(), configured)?;
                 let generation = identity::next_generation(engine.as_ref())?;
                 let tokens = identity::stored_tokens(engine.as_ref())?;
-                Ok((identity, generation, tokens))
+                let joining = identity::is_joining(engine.as_ref())?;
+                Ok((identity, generation, tokens, joining))
             })
             .await
             .map_err(|error| StartError::Task(error.to_string()))??
@@ -194,6 +196,7 @@ impl Server {
             storage,
             membership: membership.clone(),
             coordinator: OnceLock::new(),
+            topology: OnceLock::new(),
         });
         let self_peer = Peer {
             id: me,
@@ -257,12 +260,11 @@ impl Server {
                 });
             }
         }
-        // A node whose data directory was lost comes back as itself: the cluster
-        // remembers its tokens, and its new generation must outbid the old run's.
-        let remembered = membership
-            .reported_me()
-            .filter(|old| old.state == MemberState::Normal);
-        if let Some(old) = &remembered
+        // Whatever the cluster remembers of this node, this run's generation must
+        // outbid it. A node whose data directory was lost comes back as itself:
+        // the cluster remembers its tokens.
+        let reported = membership.reported_me();
+        if let Some(old) = &reported
             && old.generation >= member.generation
         {
             member.generation = old.generation + 1;
@@ -273,9 +275,24 @@ impl Server {
             .await
             .map_err(|error| StartError::Task(error.to_string()))??;
         }
-        let adopted = remembered.filter(|old| {
-            first_join && !old.tokens.is_empty() && old.tokens.len() == usize::from(config.vnodes)
+        // The cluster took this node out (decommissioned, or removed as dead): it
+        // joins again, streaming before it serves reads.
+        let was_removed = reported
+            .as_ref()
+            .is_some_and(|old| old.state == MemberState::Left);
+        let adopted = reported.filter(|old| {
+            first_join
+                && old.state.in_current_ring()
+                && !old.tokens.is_empty()
+                && old.tokens.len() == usize::from(config.vnodes)
         });
+        let others = membership
+            .members()
+            .iter()
+            .any(|m| m.id != me && m.state != MemberState::Left);
+        let joins = !seeds.is_empty()
+            && others
+            && (was_joining || was_removed || (first_join && adopted.is_none()));
         if let Some(old) = adopted {
             tracing::warn!(
                 generation = member.generation,
@@ -288,13 +305,16 @@ impl Server {
                 .await
                 .map_err(|error| StartError::Task(error.to_string()))??;
         } else if first_join {
-            let ring = membership.ring();
-            let weights = membership
+            // Split the ranges of every member that holds or takes tokens, joining
+            // ones included (two nodes joining at once must not split the same).
+            let holders: Vec<Member> = membership
                 .members()
-                .iter()
-                .filter(|m| m.id != me && m.state == MemberState::Normal)
-                .map(|m| (m.id, m.vnodes))
+                .into_iter()
+                .filter(|m| m.id != me && m.state != MemberState::Left)
                 .collect();
+            let ring =
+                ringkv_core::ring::Ring::new(holders.iter().map(|m| (m.id, m.tokens.clone())));
+            let weights = holders.iter().map(|m| (m.id, m.vnodes)).collect();
             member.tokens =
                 allocate_tokens(&ring, &weights, me, config.vnodes, identity::random_u64());
             let engine = engine.clone();
@@ -302,6 +322,16 @@ impl Server {
             tokio::task::spawn_blocking(move || identity::store_tokens(engine.as_ref(), &tokens))
                 .await
                 .map_err(|error| StartError::Task(error.to_string()))??;
+        }
+        if joins {
+            member.state = MemberState::Joining;
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || identity::store_joining(engine.as_ref(), true))
+                .await
+                .map_err(|error| StartError::Task(error.to_string()))??;
+            tracing::info!(
+                "joining the cluster: streaming the ranges this node takes over before it serves them"
+            );
         }
         membership.update_me(member);
         // Tell the seeds and every member learnt from them about this run (its new
@@ -335,6 +365,37 @@ impl Server {
         if service.coordinator.set(coordinator.clone()).is_err() {
             unreachable!("the coordinator is set once, here");
         }
+        let topology = Arc::new(Topology::new(
+            node.clone(),
+            membership.clone(),
+            transport.clone(),
+            spawner.clone(),
+            TopologySettings {
+                replication_factor: config.replication_factor,
+                bytes_per_sec: config.streaming_bytes_per_sec,
+                request_timeout: timeout,
+            },
+        ));
+        if service.topology.set(topology.clone()).is_err() {
+            unreachable!("the topology is set once, here");
+        }
+        if joins {
+            let (topology, engine, shutdown) = (topology.clone(), engine.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = topology.join() => {
+                        let stored = tokio::task::spawn_blocking(move || {
+                            identity::store_joining(engine.as_ref(), false)
+                        })
+                        .await;
+                        if !matches!(stored, Ok(Ok(()))) {
+                            tracing::error!("joined, but could not record it: the next start streams again");
+                        }
+                    }
+                }
+            });
+        }
         let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
         tasks.spawn(background::gossip(
             membership.clone(),
@@ -356,6 +417,7 @@ impl Server {
                     gossip_interval,
                 ),
                 request_timeout: timeout,
+                replication_factor: usize::from(config.replication_factor),
             },
         );
         tasks.spawn(background::handoff(
@@ -395,6 +457,7 @@ impl Server {
             write_quorum: config.write_quorum,
             metrics: metrics.clone(),
             anti_entropy,
+            topology,
         });
         let app = http::router(state);
         let http = {

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use ringkv_cluster::coordinator::Coordinator;
 use ringkv_cluster::membership::Membership;
 use ringkv_cluster::replica::decode_write;
+use ringkv_cluster::topology::{Topology, TopologyError};
 use ringkv_cluster::{BoxFuture, Node, Spawn};
 use ringkv_core::NodeId;
 use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse};
@@ -64,6 +65,20 @@ pub struct PeerService {
     pub membership: Arc<Membership>,
     /// Set once the coordinator exists (it needs the transport, which needs this).
     pub coordinator: OnceLock<Arc<Coordinator>>,
+    /// Set with the coordinator.
+    pub topology: OnceLock<Arc<Topology>>,
+}
+
+/// Starts decommissioning this node in the background (`ringkv node
+/// decommission`), or says why it cannot.
+///
+/// # Errors
+/// The reasons of `Topology::check_decommission`.
+pub fn start_decommission(topology: &Arc<Topology>) -> Result<(), TopologyError> {
+    topology.check_decommission()?;
+    let topology = topology.clone();
+    tokio::spawn(async move { topology.decommission().await });
+    Ok(())
 }
 
 fn internal(message: impl Into<String>) -> PeerResponse {
@@ -97,6 +112,18 @@ impl PeerHandler for PeerService {
                     }
                 })
             }
+            PeerRequest::Decommission => {
+                let response = match self.topology.get() {
+                    None => internal("node is starting"),
+                    Some(topology) => match start_decommission(topology) {
+                        Ok(()) => PeerResponse::Ack,
+                        Err(error) => PeerResponse::Error(PeerError::Refused {
+                            message: error.to_string(),
+                        }),
+                    },
+                };
+                Box::pin(async move { response })
+            }
             // A barrier only: no storage call, so no blocking thread.
             PeerRequest::Sync => {
                 let durable = self.node.sync();
@@ -113,6 +140,8 @@ impl PeerHandler for PeerService {
             | PeerRequest::TreeRoots { .. }
             | PeerRequest::TreeHashes { .. }
             | PeerRequest::LeafDigests { .. }
+            | PeerRequest::StreamRange { .. }
+            | PeerRequest::Store { .. }
             | PeerRequest::Read { .. }) => {
                 let (node, storage) = (self.node.clone(), self.storage.clone());
                 Box::pin(async move {

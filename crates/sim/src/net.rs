@@ -152,8 +152,12 @@ pub fn may_duplicate(request: &PeerRequest) -> bool {
         | PeerRequest::TreeRoots { .. }
         | PeerRequest::TreeHashes { .. }
         | PeerRequest::LeafDigests { .. }
+        | PeerRequest::StreamRange { .. }
+        | PeerRequest::Store { .. }
         | PeerRequest::Members { .. } => true,
-        PeerRequest::Update { .. } | PeerRequest::Coordinate { .. } => false,
+        PeerRequest::Update { .. } | PeerRequest::Coordinate { .. } | PeerRequest::Decommission => {
+            false
+        }
     }
 }
 
@@ -385,6 +389,9 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
             }
             PeerResponse::Roots { roots }
         }
+        PeerRequest::Decommission => PeerResponse::Error(PeerError::Refused {
+            message: "the simulator starts decommissions itself".into(),
+        }),
         PeerRequest::Members { members } => target
             .membership
             .on_members(target.coordinator.transport().as_ref(), members),
@@ -409,6 +416,8 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
         | PeerRequest::TreeRoots { .. }
         | PeerRequest::TreeHashes { .. }
         | PeerRequest::LeafDigests { .. }
+        | PeerRequest::StreamRange { .. }
+        | PeerRequest::Store { .. }
         | PeerRequest::Read { .. }) => {
             let hint = match &request {
                 PeerRequest::Hint {
@@ -479,6 +488,13 @@ fn describe_request(request: &PeerRequest) -> String {
             format!("TreeHashes {:x}.. child {child:?}", arc.start.0)
         }
         PeerRequest::LeafDigests { range } => format!("LeafDigests {:x}..", range.start.0),
+        PeerRequest::StreamRange { range, after, .. } => format!(
+            "StreamRange {:x}.. after {:?}",
+            range.start.0,
+            after.as_ref().map(|key| key_name(key))
+        ),
+        PeerRequest::Store { records } => format!("Store ({} records)", records.len()),
+        PeerRequest::Decommission => "Decommission".into(),
     }
 }
 
@@ -503,6 +519,11 @@ fn describe_response(response: &PeerResponse) -> String {
                 if *complete { "" } else { "+" }
             )
         }
+        PeerResponse::Records { records, complete } => format!(
+            "Records ({}{})",
+            records.len(),
+            if *complete { "" } else { "+" }
+        ),
         PeerResponse::Error(error) => format!("Error {error:?}"),
     }
 }

@@ -219,6 +219,7 @@ impl World {
                 hint_ttl_ms: u64::MAX,
                 bytes_per_round: u64::MAX,
                 request_timeout: timeout,
+                replication_factor: usize::from(self.config.replication_factor),
             },
         );
         let anti_entropy = AntiEntropy::new(

@@ -156,7 +156,8 @@ impl Cluster {
         self.wait_for_members_on(&all, size).await;
     }
 
-    /// Waits (bounded) until each node of `indices` lists `size` members.
+    /// Waits (bounded) until each node of `indices` lists `size` members, none of
+    /// them still joining.
     pub async fn wait_for_members_on(&self, indices: &[usize], size: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
         for &index in indices {
@@ -166,15 +167,20 @@ impl Cluster {
                     .get(self.url(index, "/v1/cluster/status"))
                     .send()
                     .await;
-                let count = match status {
+                let nodes = match status {
                     Ok(response) => response
                         .json::<Value>()
                         .await
                         .ok()
-                        .and_then(|v| v["nodes"].as_array().map(Vec::len)),
+                        .and_then(|v| v["nodes"].as_array().cloned()),
                     Err(_) => None,
                 };
-                if count == Some(size) {
+                let count = nodes.as_ref().map(Vec::len);
+                let joined = nodes
+                    .iter()
+                    .flatten()
+                    .all(|node| node["state"] != "joining");
+                if count == Some(size) && joined {
                     break;
                 }
                 assert!(

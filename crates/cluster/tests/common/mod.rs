@@ -209,6 +209,7 @@ impl Cluster {
                 hint_ttl_ms: 10_000,
                 bytes_per_round: u64::MAX,
                 request_timeout: Duration::from_millis(500),
+                replication_factor: 3,
             },
         )
     }

@@ -259,6 +259,37 @@ fn members_that_left_are_not_on_the_ring() {
     assert_eq!(ring.owner(Token(20)), Some(NodeId(3)));
 }
 
+/// Joining members are only on the next ring, leaving ones only on the current
+/// one; with neither there is no next ring.
+#[test]
+fn joining_and_leaving_members_are_on_one_ring_each() {
+    let member = |id: u64, state: MemberState, token: u128| Member {
+        id: NodeId(id),
+        generation: 1,
+        heartbeat: 0,
+        state,
+        peer_addr: String::new(),
+        http_addr: String::new(),
+        resp_addr: String::new(),
+        vnodes: 1,
+        tokens: vec![Token(token)],
+    };
+    let steady = [
+        member(1, MemberState::Normal, 10),
+        member(2, MemberState::Normal, 20),
+    ];
+    assert_eq!(Ring::next_from_members(&steady), None);
+    let changing = [
+        member(1, MemberState::Normal, 10),
+        member(2, MemberState::Leaving, 20),
+        member(3, MemberState::Joining, 30),
+    ];
+    let current = Ring::from_members(&changing);
+    let next = Ring::next_from_members(&changing).expect("a change is under way");
+    assert_eq!(current.nodes().collect::<Vec<_>>(), [NodeId(1), NodeId(2)]);
+    assert_eq!(next.nodes().collect::<Vec<_>>(), [NodeId(1), NodeId(3)]);
+}
+
 /// Exact ranges on hand-made rings, for N = 0, 1, 2 and a token at 2^128 − 1.
 #[test]
 fn ranges_merge_adjacent_arcs_and_split_at_the_wrap() {
@@ -424,6 +455,31 @@ proptest! {
             for probe in &random {
                 let in_arcs = arcs.iter().any(|(arc, _)| arc.contains(Token(*probe)));
                 prop_assert_eq!(in_arcs, ring.preference_list(Token(*probe), n).is_replica(node));
+            }
+        }
+    }
+
+    /// `pieces` tiles its range exactly, in order, and every token of a piece has
+    /// the piece's replicas.
+    #[test]
+    fn pieces_tile_the_range_with_their_replicas(
+        ring in small_rings(),
+        n in 1usize..5,
+        a in any::<u128>(),
+        b in any::<u128>(),
+    ) {
+        let range = TokenRange { start: Token(a.min(b)), end: Token(a.max(b)) };
+        let pieces = ring.pieces(range, n);
+        prop_assert_eq!(pieces.first().map(|(p, _)| p.start), Some(range.start));
+        prop_assert_eq!(pieces.last().map(|(p, _)| p.end), Some(range.end));
+        for pair in pieces.windows(2) {
+            prop_assert_eq!(pair[0].0.end.0.checked_add(1), Some(pair[1].0.start.0));
+        }
+        for (piece, replicas) in &pieces {
+            prop_assert!(piece.start <= piece.end);
+            for token in [piece.start, piece.end] {
+                let list = ring.preference_list(token, n);
+                prop_assert_eq!(list.replicas(), replicas.as_slice());
             }
         }
     }

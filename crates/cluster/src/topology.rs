@@ -1,0 +1,579 @@
+//! Join and decommission: moving ranges between nodes while the cluster serves
+//! (DESIGN.md §6, topology changes). Removal of a dead node is `Membership::remove`
+//! plus anti-entropy; it streams nothing itself.
+//!
+//! Two rings exist while a change is under way (`Membership::ring` and
+//! `next_ring`): reads follow the current one, writes reach the replicas of both
+//! (W of each, see `Coordinator::write_acked`), so a range can change hands without
+//! a moment where a quorum read could miss an acknowledged write.
+//!
+//! **Join** (a node started with `--seeds`, the first time, or again after it was
+//! removed): it takes tokens and enters as `Joining` (on the next ring only), tells
+//! every member (`Membership::announce`), waits one request timeout (writes placed
+//! before the news have landed or failed by then), then pulls every range it will
+//! replicate. Each piece (a next-ring arc cut where current-ring arcs end) comes from
+//! the current replicas the join displaces (as Cassandra streams from the node being
+//! replaced: the joining node inherits its place, and with it every quorum that
+//! place was part of); from every live current replica (their union) when one of
+//! those is down or nothing is displaced (a cluster smaller than N). Pages of
+//! records are merged durably, at most `streaming_bytes_per_sec`. Then the node is
+//! `Normal`, announced again, and reads reach it.
+//!
+//! **Decommission**: refused while another change is under way or when fewer than N
+//! nodes would remain. The node becomes `Leaving` (still on the current ring, no
+//! longer on the next), announces, waits one request timeout, then pushes (`Store`)
+//! every range it replicates to the nodes that replicate it next and did not
+//! before, then becomes `Left` and announces: it owns nothing afterwards, keeps
+//! running (handing off any hints it holds) and can be stopped.
+//!
+//! Failed pieces are retried (backoff up to 5 s) until they succeed: a join or a
+//! decommission waits for an unreachable node rather than finishing without its
+//! data; `progress` says what it waits for. Nothing is deleted on the way: nodes
+//! keep what they no longer replicate, so a view of the ring that lags behind is
+//! never answered from an empty replica.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::wire::{MAX_PAGE_BYTES, PeerRequest, PeerResponse};
+use ringkv_core::{Key, MemberState, NodeId, Record, TokenRange};
+
+use crate::antientropy::Throttle;
+use crate::membership::Membership;
+use crate::node::Node;
+use crate::transport::{Spawn, Transport, offload};
+
+/// How streaming runs (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct TopologySettings {
+    /// N: replicas per key.
+    pub replication_factor: u8,
+    /// Most bytes of records moved per second (`streaming_bytes_per_sec`).
+    pub bytes_per_sec: u64,
+    /// How long one call may take (`request_timeout_ms`); also the wait between the
+    /// announcement of a change and the streaming.
+    pub request_timeout: Duration,
+}
+
+/// What this node's topology change is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// No change of this node under way (or ever).
+    #[default]
+    Idle,
+    Joining,
+    Joined,
+    Leaving,
+    Left,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Joining => "joining",
+            Phase::Joined => "joined",
+            Phase::Leaving => "leaving",
+            Phase::Left => "left",
+        }
+    }
+}
+
+/// Progress of this node's join or decommission, for `/v1/cluster/status` and the
+/// progress bars of `ringkv node join|decommission`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Pieces of ranges to move (a piece is moved to or from each of its nodes).
+    pub ranges_total: usize,
+    pub ranges_done: usize,
+    /// Records and bytes of records moved so far.
+    pub keys: u64,
+    pub bytes: u64,
+    /// Monotonic ms when the streaming started and, once done, how long it took.
+    pub started_ms: Option<u64>,
+    pub took_ms: Option<u64>,
+    /// The last failure, while a piece is being retried.
+    pub retrying: Option<String>,
+}
+
+/// Why a decommission cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    #[error("this node is {0}, not normal: only a normal member can be decommissioned")]
+    NotNormal(&'static str),
+    #[error("node {node} is {state}: one topology change at a time; retry once it is done")]
+    Busy { node: NodeId, state: &'static str },
+    #[error(
+        "decommission would leave {remaining} node(s) for {n} replicas per key; add a node first"
+    )]
+    TooFewNodes { remaining: usize, n: u8 },
+}
+
+/// One piece of range to move, and the nodes it moves from (join) or to
+/// (decommission).
+#[derive(Debug, Clone)]
+struct Piece {
+    range: TokenRange,
+    peers: Vec<NodeId>,
+}
+
+/// This node's joins and decommissions.
+pub struct Topology {
+    node: Arc<Node>,
+    membership: Arc<Membership>,
+    transport: Arc<dyn Transport>,
+    spawner: Arc<dyn Spawn>,
+    settings: TopologySettings,
+    progress: Mutex<Progress>,
+}
+
+/// Why moving one piece stopped.
+type Failure = String;
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Topology {
+    pub fn new(
+        node: Arc<Node>,
+        membership: Arc<Membership>,
+        transport: Arc<dyn Transport>,
+        spawner: Arc<dyn Spawn>,
+        settings: TopologySettings,
+    ) -> Topology {
+        Topology {
+            node,
+            membership,
+            transport,
+            spawner,
+            settings,
+            progress: Mutex::new(Progress::default()),
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Progress)) {
+        change(&mut self.progress.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn n(&self) -> usize {
+        usize::from(self.settings.replication_factor)
+    }
+
+    /// Page size: a tenth of a second of the streaming budget, within 64 KiB ..
+    /// `MAX_PAGE_BYTES`.
+    fn page_bytes(&self) -> u32 {
+        u32::try_from(self.settings.bytes_per_sec / 10)
+            .unwrap_or(MAX_PAGE_BYTES)
+            .clamp(64 << 10, MAX_PAGE_BYTES)
+    }
+
+    /// Brings a `Joining` node in: streams every range it will replicate from the
+    /// current replicas, then makes it `Normal`. Returns once done (retrying failed
+    /// pieces as long as it takes).
+    pub async fn join(&self) {
+        let me = self.membership.me();
+        if self.membership.myself().state != MemberState::Joining {
+            return;
+        }
+        self.start(Phase::Joining);
+        self.announce("joining").await;
+        self.spawner.sleep(self.settings.request_timeout).await;
+        let pieces = self.join_pieces(me);
+        self.update(|progress| progress.ranges_total = pieces.len());
+        tracing::info!(
+            pieces = pieces.len(),
+            "join: streaming the ranges this node takes over"
+        );
+        let mut throttle = Throttle::new(self.settings.bytes_per_sec, self.node.monotonic_ms());
+        for piece in pieces {
+            let mut delay = RETRY_MIN;
+            loop {
+                match self.pull(&piece, &mut throttle).await {
+                    Ok(()) => break,
+                    Err(failure) => {
+                        tracing::warn!(range = ?piece.range, "join: streaming failed, retrying: {failure}");
+                        self.update(|progress| progress.retrying = Some(failure));
+                        self.spawner.sleep(delay).await;
+                        delay = (delay * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+            self.update(|progress| {
+                progress.ranges_done += 1;
+                progress.retrying = None;
+            });
+        }
+        self.membership.set_my_state(MemberState::Normal);
+        self.finish(Phase::Joined);
+        self.announce("normal").await;
+    }
+
+    /// Every piece of range `me` replicates on the next ring, with the current
+    /// replicas to pull it from.
+    fn join_pieces(&self, me: NodeId) -> Vec<Piece> {
+        let Some(next) = self.membership.next_ring() else {
+            return Vec::new();
+        };
+        let current = self.membership.ring();
+        let mut pieces = Vec::new();
+        for (arc, next_replicas) in next.arcs(me, self.n()) {
+            for (range, now) in current.pieces(arc, self.n()) {
+                let displaced: Vec<NodeId> = now
+                    .iter()
+                    .copied()
+                    .filter(|id| *id != me && !next_replicas.contains(id))
+                    .collect();
+                let all: Vec<NodeId> = now.iter().copied().filter(|id| *id != me).collect();
+                if all.is_empty() {
+                    continue; // Nobody holds it yet: a new cluster.
+                }
+                pieces.push(Piece {
+                    range,
+                    peers: if displaced.is_empty() { all } else { displaced },
+                });
+            }
+        }
+        pieces
+    }
+
+    /// Pulls one piece: from each of its sources if all are up, else from every
+    /// live current replica of it (a union covers whatever a quorum acknowledged).
+    async fn pull(&self, piece: &Piece, throttle: &mut Throttle) -> Result<(), Failure> {
+        let all_up = piece
+            .peers
+            .iter()
+            .all(|id| self.membership.liveness(*id).is_up());
+        let sources: Vec<NodeId> = if all_up {
+            piece.peers.clone()
+        } else {
+            let me = self.membership.me();
+            self.membership
+                .ring()
+                .preference_list(piece.range.end, self.n())
+                .replicas()
+                .iter()
+                .copied()
+                .filter(|id| *id != me && self.membership.liveness(*id).is_up())
+                .collect()
+        };
+        if sources.is_empty() {
+            return Err(format!("no replica of {:?} is up", piece.range));
+        }
+        for source in sources {
+            self.pull_from(source, piece.range, throttle).await?;
+        }
+        Ok(())
+    }
+
+    async fn pull_from(
+        &self,
+        source: NodeId,
+        range: TokenRange,
+        throttle: &mut Throttle,
+    ) -> Result<(), Failure> {
+        let peer = self
+            .membership
+            .peer(source)
+            .ok_or_else(|| format!("node {source} is not a member"))?;
+        let mut after: Option<Bytes> = None;
+        loop {
+            let request = PeerRequest::StreamRange {
+                range,
+                after: after.clone(),
+                max_bytes: self.page_bytes(),
+            };
+            let (records, complete) = match self
+                .transport
+                .call(&peer, request, self.settings.request_timeout)
+                .await
+            {
+                Ok(PeerResponse::Records { records, complete }) => (records, complete),
+                Ok(other) => return Err(format!("node {source} answered {other:?}")),
+                Err(error) => return Err(format!("node {source}: {error}")),
+            };
+            let last = records.last().map(|(key, _)| key.clone());
+            let page = decode_page(records, range, after.as_ref())
+                .map_err(|reason| format!("node {source} sent a bad page: {reason}"))?;
+            let bytes = self.merge(page).await?;
+            if let Some(wait) = throttle.moved(bytes, self.node.monotonic_ms()) {
+                self.spawner.sleep(wait).await;
+            }
+            if complete {
+                return Ok(());
+            }
+            match last {
+                Some(last) => after = Some(last),
+                None => {
+                    return Err(format!(
+                        "node {source} sent an empty page that is not the last"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Merges a page of records durably; returns its size in bytes.
+    async fn merge(&self, page: Vec<(Key, Record, usize)>) -> Result<u64, Failure> {
+        let count = page.len() as u64;
+        let bytes: u64 = page.iter().map(|(_, _, size)| *size as u64).sum();
+        let node = self.node.clone();
+        let merged = offload(self.spawner.as_ref(), move || {
+            let mut last = None;
+            for (key, record, _) in &page {
+                last = Some(node.replicate(key, record)?);
+            }
+            if let Some(wait) = last {
+                wait.wait()?;
+            }
+            Ok::<(), crate::NodeError>(())
+        })
+        .await;
+        match merged {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Err(format!("local storage: {error}")),
+            None => return Err("shutting down".into()),
+        }
+        self.moved(count, bytes);
+        Ok(bytes)
+    }
+
+    fn moved(&self, keys: u64, bytes: u64) {
+        self.update(|progress| {
+            progress.keys += keys;
+            progress.bytes += bytes;
+        });
+        metrics::counter!("ringkv_streamed_keys_total").increment(keys);
+        metrics::counter!("ringkv_streamed_bytes_total").increment(bytes);
+    }
+
+    /// Whether this node may start a decommission now.
+    ///
+    /// # Errors
+    /// Not a normal member, another change under way, or too few nodes would remain.
+    pub fn check_decommission(&self) -> Result<(), TopologyError> {
+        let me = self.membership.myself();
+        if me.state != MemberState::Normal {
+            return Err(TopologyError::NotNormal(me.state.as_str()));
+        }
+        let members = self.membership.members();
+        if let Some(busy) = members
+            .iter()
+            .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
+        {
+            return Err(TopologyError::Busy {
+                node: busy.id,
+                state: busy.state.as_str(),
+            });
+        }
+        let remaining = members
+            .iter()
+            .filter(|m| m.id != me.id && m.state == MemberState::Normal)
+            .count();
+        if remaining < self.n() {
+            return Err(TopologyError::TooFewNodes {
+                remaining,
+                n: self.settings.replication_factor,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes this node out of the ring: `Leaving`, streams every range it
+    /// replicates to its next replicas, then `Left`. Check `check_decommission`
+    /// first; returns once done.
+    pub async fn decommission(&self) {
+        let me = self.membership.me();
+        self.membership.set_my_state(MemberState::Leaving);
+        self.start(Phase::Leaving);
+        self.announce("leaving").await;
+        self.spawner.sleep(self.settings.request_timeout).await;
+        let pieces = self.leave_pieces(me);
+        self.update(|progress| progress.ranges_total = pieces.len());
+        tracing::info!(
+            pieces = pieces.len(),
+            "decommission: streaming this node's ranges to their next replicas"
+        );
+        let mut throttle = Throttle::new(self.settings.bytes_per_sec, self.node.monotonic_ms());
+        for piece in pieces {
+            for target in &piece.peers {
+                let mut delay = RETRY_MIN;
+                while let Err(failure) = self.push_to(*target, piece.range, &mut throttle).await {
+                    tracing::warn!(range = ?piece.range, %target, "decommission: streaming failed, retrying: {failure}");
+                    self.update(|progress| progress.retrying = Some(failure));
+                    self.spawner.sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+            self.update(|progress| {
+                progress.ranges_done += 1;
+                progress.retrying = None;
+            });
+        }
+        self.membership.set_my_state(MemberState::Left);
+        self.finish(Phase::Left);
+        self.announce("left").await;
+    }
+
+    /// Every piece of range `me` replicates now, with the nodes that replicate it
+    /// next and do not now.
+    fn leave_pieces(&self, me: NodeId) -> Vec<Piece> {
+        let Some(next) = self.membership.next_ring() else {
+            return Vec::new();
+        };
+        let current = self.membership.ring();
+        let mut pieces = Vec::new();
+        for (arc, now) in current.arcs(me, self.n()) {
+            for (range, then) in next.pieces(arc, self.n()) {
+                let targets: Vec<NodeId> =
+                    then.into_iter().filter(|id| !now.contains(id)).collect();
+                if !targets.is_empty() {
+                    pieces.push(Piece {
+                        range,
+                        peers: targets,
+                    });
+                }
+            }
+        }
+        pieces
+    }
+
+    async fn push_to(
+        &self,
+        target: NodeId,
+        range: TokenRange,
+        throttle: &mut Throttle,
+    ) -> Result<(), Failure> {
+        let peer = self
+            .membership
+            .peer(target)
+            .ok_or_else(|| format!("node {target} is not a member"))?;
+        let max_bytes = self.page_bytes() as usize;
+        let mut after: Option<Key> = None;
+        loop {
+            let node = self.node.clone();
+            let cursor = after.clone();
+            let (page, complete) = match offload(self.spawner.as_ref(), move || {
+                node.page(range, cursor.as_ref(), max_bytes)
+            })
+            .await
+            {
+                Some(Ok(page)) => page,
+                Some(Err(error)) => return Err(format!("local storage: {error}")),
+                None => return Err("shutting down".into()),
+            };
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            let count = page.len() as u64;
+            let records: Vec<(Bytes, Bytes)> = page
+                .into_iter()
+                .map(|(key, record)| (key.to_bytes(), Bytes::from(record.encode())))
+                .collect();
+            let bytes: u64 = records
+                .iter()
+                .map(|(key, record)| (key.len() + record.len()) as u64)
+                .sum();
+            match self
+                .transport
+                .call(
+                    &peer,
+                    PeerRequest::Store { records },
+                    self.settings.request_timeout,
+                )
+                .await
+            {
+                Ok(PeerResponse::Ack) => {}
+                Ok(other) => return Err(format!("node {target} answered {other:?}")),
+                Err(error) => return Err(format!("node {target}: {error}")),
+            }
+            self.moved(count, bytes);
+            if let Some(wait) = throttle.moved(bytes, self.node.monotonic_ms()) {
+                self.spawner.sleep(wait).await;
+            }
+            if complete {
+                return Ok(());
+            }
+        }
+    }
+
+    fn start(&self, phase: Phase) {
+        let now = self.node.monotonic_ms();
+        self.update(|progress| {
+            *progress = Progress {
+                phase,
+                started_ms: Some(now),
+                ..Progress::default()
+            };
+        });
+    }
+
+    fn finish(&self, phase: Phase) {
+        let now = self.node.monotonic_ms();
+        self.update(|progress| {
+            progress.phase = phase;
+            progress.took_ms = progress
+                .started_ms
+                .map(|started| now.saturating_sub(started));
+            progress.retrying = None;
+        });
+        let progress = self.progress();
+        tracing::info!(
+            phase = phase.as_str(),
+            keys = progress.keys,
+            bytes = progress.bytes,
+            took_ms = progress.took_ms,
+            "streaming done"
+        );
+    }
+
+    async fn announce(&self, state: &str) {
+        let (answered, asked) = self
+            .membership
+            .announce(&self.transport, self.settings.request_timeout)
+            .await;
+        tracing::info!(state, answered, asked, "told the cluster");
+    }
+}
+
+/// Decodes a page of streamed records, each with its size; the keys must lie in
+/// `range`, in (token, key) order, after `after` (so every page moves forward).
+fn decode_page(
+    records: Vec<(Bytes, Bytes)>,
+    range: TokenRange,
+    after: Option<&Bytes>,
+) -> Result<Vec<(Key, Record, usize)>, String> {
+    let mut previous = match after {
+        Some(after) => {
+            Some(Key::from_stored(after.clone()).map_err(|error| format!("bad cursor: {error}"))?)
+        }
+        None => None,
+    };
+    records
+        .into_iter()
+        .map(|(key, record)| {
+            let size = key.len() + record.len();
+            let key = Key::from_stored(key).map_err(|error| format!("bad key: {error}"))?;
+            if !range.contains(key.token()) {
+                return Err(format!("a key outside {range:?}"));
+            }
+            if let Some(previous) = &previous
+                && (key.token(), key.as_bytes()) <= (previous.token(), previous.as_bytes())
+            {
+                return Err("keys out of order".into());
+            }
+            previous = Some(key.clone());
+            let record = Record::decode(&record).map_err(|error| format!("bad record: {error}"))?;
+            Ok((key, record, size))
+        })
+        .collect()
+}
