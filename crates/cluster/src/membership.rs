@@ -217,6 +217,9 @@ impl Membership {
         if id == self.me {
             return Err(RemoveError::Myself(id));
         }
+        if self.member(id).is_none() {
+            return Err(RemoveError::Unknown(id));
+        }
         let liveness = self.liveness(id);
         if !force && liveness.is_up() {
             return Err(RemoveError::Alive {
@@ -670,6 +673,70 @@ mod tests {
         let membership = Membership::new(member(0, 1, 0), clock.clone(), DETECTOR);
         membership.merge(vec![member(1, 1, 0), member(2, 1, 0)]);
         (membership, clock)
+    }
+
+    #[test]
+    fn a_removal_sticks_for_the_run_and_the_removed_node_learns_it() {
+        let (membership, clock) = table();
+        assert!(matches!(
+            membership.remove(NodeId(1), false),
+            Err(RemoveError::Alive { .. })
+        ));
+        assert_eq!(
+            membership.remove(NodeId(0), true),
+            Err(RemoveError::Myself(NodeId(0)))
+        );
+        assert_eq!(
+            membership.remove(NodeId(9), true),
+            Err(RemoveError::Unknown(NodeId(9)))
+        );
+        clock.advance(1_000);
+        assert!(
+            membership.remove_permanently_failed().is_empty(),
+            "alone of three: a minority removes nobody"
+        );
+        assert_eq!(membership.remove(NodeId(1), false), Ok(true));
+        assert_eq!(membership.remove(NodeId(1), false), Ok(false), "once");
+        assert!(!membership.ring().nodes().any(|id| id == NodeId(1)));
+        // Its next heartbeats of the same run do not bring it back...
+        membership.merge(vec![member(1, 1, 5)]);
+        assert_eq!(
+            membership.member(NodeId(1)).unwrap().state,
+            MemberState::Left
+        );
+        // ...a new run does (it joins again).
+        membership.merge(vec![member(1, 2, 0)]);
+        assert_eq!(
+            membership.member(NodeId(1)).unwrap().state,
+            MemberState::Normal
+        );
+
+        // The removed node hears of its removal at its own generation, and leaves.
+        let removed = Membership::new(member(1, 2, 3), clock.clone(), DETECTOR);
+        let mut news = member(1, 2, 1);
+        news.state = MemberState::Left;
+        removed.merge(vec![news.clone()]);
+        assert_eq!(removed.myself().state, MemberState::Left);
+        assert!(removed.myself().supersedes(&news));
+        assert!(removed.ring().is_empty());
+    }
+
+    #[test]
+    fn permanently_failed_members_are_removed_only_with_a_majority_up() {
+        let (membership, clock) = table();
+        membership.merge(vec![member(3, 1, 0), member(4, 1, 0)]);
+        clock.advance(1_000);
+        // Nodes 1 and 3 keep beating; 2 and 4 are silent: 3 of 5 up, a majority.
+        membership.merge(vec![member(1, 1, 1), member(3, 1, 1)]);
+        assert_eq!(
+            membership.remove_permanently_failed(),
+            [NodeId(2), NodeId(4)]
+        );
+        // On a minority side (only itself up among 3 members left) nothing goes.
+        let (alone, clock) = table();
+        clock.advance(1_000);
+        assert!(alone.remove_permanently_failed().is_empty());
+        assert_eq!(alone.member(NodeId(1)).unwrap().state, MemberState::Normal);
     }
 
     #[test]

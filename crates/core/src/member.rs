@@ -79,11 +79,15 @@ pub struct Member {
 }
 
 impl Member {
-    /// Whether `self` is newer news about the same node than `other`: a later run,
-    /// a later heartbeat of the same run, or (same beat) a later state.
+    /// Whether `self` is newer news about the same node than `other`: a later run;
+    /// within one run, having left (final for that run: a node removed while it
+    /// was only cut off must not undo the removal with its next heartbeat, it
+    /// learns it was removed instead), then a later heartbeat, then (same beat) a
+    /// later state.
     pub fn supersedes(&self, other: &Member) -> bool {
-        (self.generation, self.heartbeat, self.state)
-            > (other.generation, other.heartbeat, other.state)
+        let left = |member: &Member| member.state == MemberState::Left;
+        (self.generation, left(self), self.heartbeat, self.state)
+            > (other.generation, left(other), other.heartbeat, other.state)
     }
 
     /// Whether `self` places the node on the ring differently from `other` (the

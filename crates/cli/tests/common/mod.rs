@@ -290,6 +290,19 @@ impl Cluster {
         self.nodes[index] = NodeProcess::spawn(node_id, &ip, &dir, &extra);
     }
 
+    /// Starts one more node (the next id, on the next 127.0.0.x, seeded with the
+    /// first node) and returns its index at once: it joins in the background.
+    pub fn add(&mut self, extra: &[&str]) -> usize {
+        let index = self.nodes.len();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(["--seeds".to_string(), self.nodes[0].peer_addr.clone()]);
+        let data = self._dir.path().join(format!("node-{index}"));
+        let ip = format!("127.0.0.{}", index + 1);
+        self.nodes
+            .push(NodeProcess::spawn(index as u64 + 1, &ip, &data, &args));
+        index
+    }
+
     pub async fn stop(self) {
         drop(self);
     }
