@@ -29,6 +29,8 @@ use crate::transport::{Peer, Transport, TransportError};
 pub const MAX_MEMBERS: usize = 1024;
 /// Most tokens one member may claim.
 pub const MAX_TOKENS_PER_MEMBER: usize = 4096;
+/// How far a removal moves the removed member's generation ahead.
+pub const REMOVAL_GENERATION_LEAP: u64 = 1_000;
 
 mod detector;
 pub use detector::{Detector, Liveness};
@@ -237,6 +239,10 @@ impl Membership {
         }
         tracing::warn!(member = %id, liveness = liveness.as_str(), "removing member from the ring");
         member.state = MemberState::Left;
+        // Ahead of any restart of it this node has not heard of yet (a removal is
+        // about the node, not one of its runs); a run that does start later
+        // outbids it (it starts above what the cluster reports) and joins anew.
+        member.generation = member.generation.saturating_add(REMOVAL_GENERATION_LEAP);
         state.recompute_rings();
         metrics::counter!("ringkv_members_removed_total").increment(1);
         Ok(true)
@@ -395,13 +401,14 @@ impl Membership {
                 // obeys, since its ranges have new owners now. A restart rejoins.
                 if let Some(mine) = state.members.get_mut(&self.me)
                     && member.state == MemberState::Left
-                    && member.generation == mine.generation
+                    && member.generation >= mine.generation
                     && mine.state != MemberState::Left
                 {
                     tracing::error!(
                         "the cluster removed this node (it was taken for dead): it leaves the ring; restart it to join again"
                     );
                     mine.state = MemberState::Left;
+                    mine.generation = member.generation;
                     mine.heartbeat = mine.heartbeat.max(member.heartbeat) + 1;
                     changed = true;
                 }
@@ -704,16 +711,22 @@ mod tests {
             membership.member(NodeId(1)).unwrap().state,
             MemberState::Left
         );
-        // ...a new run does (it joins again).
-        membership.merge(vec![member(1, 2, 0)]);
+        // ...nor does a run it started that nobody had heard of...
+        membership.merge(vec![member(1, 2, 9)]);
+        assert_eq!(
+            membership.member(NodeId(1)).unwrap().state,
+            MemberState::Left
+        );
+        // ...a run started once it heard of its removal does (it joins again).
+        membership.merge(vec![member(1, 2 + REMOVAL_GENERATION_LEAP, 0)]);
         assert_eq!(
             membership.member(NodeId(1)).unwrap().state,
             MemberState::Normal
         );
 
-        // The removed node hears of its removal at its own generation, and leaves.
+        // The removed node hears of its removal, and leaves.
         let removed = Membership::new(member(1, 2, 3), clock.clone(), DETECTOR);
-        let mut news = member(1, 2, 1);
+        let mut news = member(1, 1 + REMOVAL_GENERATION_LEAP, 1);
         news.state = MemberState::Left;
         removed.merge(vec![news.clone()]);
         assert_eq!(removed.myself().state, MemberState::Left);

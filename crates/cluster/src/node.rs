@@ -73,6 +73,25 @@ pub enum NodeError {
 /// replicas are never refused: that would lose acknowledged data.
 pub const MAX_SIBLINGS: usize = 64;
 
+/// Metadata name of `save_member_state`.
+const MEMBER_STATE: &str = "member_state";
+
+/// `Node::saved_member_state`, straight from an engine (before a node exists).
+///
+/// # Errors
+/// Storage errors.
+pub fn saved_member_state(
+    engine: &dyn Engine,
+) -> Result<Option<ringkv_core::MemberState>, NodeError> {
+    Ok(match engine.meta_get(MEMBER_STATE)?.as_deref() {
+        Some([0]) => Some(ringkv_core::MemberState::Joining),
+        Some([1]) => Some(ringkv_core::MemberState::Normal),
+        Some([2]) => Some(ringkv_core::MemberState::Leaving),
+        Some([3]) => Some(ringkv_core::MemberState::Left),
+        _ => None,
+    })
+}
+
 /// One node's replica of the data.
 pub struct Node {
     engine: Arc<dyn Engine>,
@@ -271,6 +290,32 @@ impl Node {
                 return Ok((out, true));
             }
         }
+    }
+
+    /// Records this node's own place in the ring durably (a join or decommission
+    /// step), so a restart resumes from it: membership lives in memory, and after
+    /// a restart of every node nobody else would remember that this one left.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn save_member_state(&self, state: ringkv_core::MemberState) -> Result<(), NodeError> {
+        let code = match state {
+            ringkv_core::MemberState::Joining => 0,
+            ringkv_core::MemberState::Normal => 1,
+            ringkv_core::MemberState::Leaving => 2,
+            ringkv_core::MemberState::Left => 3,
+        };
+        self.engine.meta_put(MEMBER_STATE, &[code])?;
+        Ok(())
+    }
+
+    /// The state `save_member_state` recorded last, if any (an unknown byte reads
+    /// as none: the node then starts as it would without it).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn saved_member_state(&self) -> Result<Option<ringkv_core::MemberState>, NodeError> {
+        saved_member_state(self.engine.as_ref())
     }
 
     /// Caps the hints this node holds for others (`max_hints_bytes`).

@@ -9,7 +9,8 @@
 //!
 //! **Join** (a node started with `--seeds`, the first time, or again after it was
 //! removed): it takes tokens and enters as `Joining` (on the next ring only), tells
-//! every member (`Membership::announce`), waits one request timeout (writes placed
+//! every member (`Membership::announce`, repeated until each one answered: a
+//! change streams only once nobody routes without it), waits one request timeout (writes placed
 //! before the news have landed or failed by then), then pulls every range it will
 //! replicate. Each piece (a next-ring arc cut where current-ring arcs end) comes from
 //! the current replicas the join displaces (as Cassandra streams from the node being
@@ -19,12 +20,13 @@
 //! records are merged durably, at most `streaming_bytes_per_sec`. Then the node is
 //! `Normal`, announced again, and reads reach it.
 //!
-//! **Decommission**: refused while another change is under way or when fewer than N
-//! nodes would remain. The node becomes `Leaving` (still on the current ring, no
-//! longer on the next), announces, waits one request timeout, then pushes (`Store`)
-//! every range it replicates to the nodes that replicate it next and did not
-//! before, then becomes `Left` and announces: it owns nothing afterwards, keeps
-//! running (handing off any hints it holds) and can be stopped.
+//! **Decommission**: refused while another change is under way, while a member is
+//! down, or when fewer than N nodes would remain. The node becomes `Leaving` (still
+//! on the current ring, no longer on the next), announces to every member, waits
+//! one request timeout, then pushes (`Store`) every range it replicates to the
+//! nodes that replicate it next and did not before, then becomes `Left` and is
+//! done once every member heard it: it owns nothing afterwards, keeps running
+//! (handing off any hints it holds) and can be stopped.
 //!
 //! Failed pieces are retried (backoff up to 5 s) until they succeed: a join or a
 //! decommission waits for an unreachable node rather than finishing without its
@@ -106,6 +108,13 @@ pub enum TopologyError {
     #[error("node {node} is {state}: one topology change at a time; retry once it is done")]
     Busy { node: NodeId, state: &'static str },
     #[error(
+        "node {node} is {liveness}: a decommission needs every member up; bring it back or remove it first"
+    )]
+    MemberDown {
+        node: NodeId,
+        liveness: &'static str,
+    },
+    #[error(
         "decommission would leave {remaining} node(s) for {n} replicas per key; add a node first"
     )]
     TooFewNodes { remaining: usize, n: u8 },
@@ -185,7 +194,7 @@ impl Topology {
             return;
         }
         self.start(Phase::Joining);
-        self.announce("joining").await;
+        self.announce_to_all("joining").await;
         self.spawner.sleep(self.settings.request_timeout).await;
         let pieces = self.join_pieces(me);
         self.update(|progress| progress.ranges_total = pieces.len());
@@ -212,6 +221,7 @@ impl Topology {
                 progress.retrying = None;
             });
         }
+        self.save(MemberState::Normal).await;
         self.membership.set_my_state(MemberState::Normal);
         self.finish(Phase::Joined);
         self.announce("normal").await;
@@ -326,19 +336,21 @@ impl Topology {
         let count = page.len() as u64;
         let bytes: u64 = page.iter().map(|(_, _, size)| *size as u64).sum();
         let node = self.node.clone();
+        // The page is applied off the runtime; its durability barrier (one for the
+        // whole page: it covers every write before it) is awaited here.
         let merged = offload(self.spawner.as_ref(), move || {
             let mut last = None;
             for (key, record, _) in &page {
                 last = Some(node.replicate(key, record)?);
             }
-            if let Some(wait) = last {
-                wait.wait()?;
-            }
-            Ok::<(), crate::NodeError>(())
+            Ok::<_, crate::NodeError>(last)
         })
         .await;
         match merged {
-            Some(Ok(())) => {}
+            Some(Ok(Some(durable))) => durable
+                .await
+                .map_err(|error| format!("local storage: {error}"))?,
+            Some(Ok(None)) => {}
             Some(Err(error)) => return Err(format!("local storage: {error}")),
             None => return Err("shutting down".into()),
         }
@@ -365,6 +377,14 @@ impl Topology {
             return Err(TopologyError::NotNormal(me.state.as_str()));
         }
         let members = self.membership.members();
+        if let Some(down) = members.iter().find(|m| {
+            m.id != me.id && m.state != MemberState::Left && !self.membership.liveness(m.id).is_up()
+        }) {
+            return Err(TopologyError::MemberDown {
+                node: down.id,
+                liveness: self.membership.liveness(down.id).as_str(),
+            });
+        }
         if let Some(busy) = members
             .iter()
             .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
@@ -392,9 +412,10 @@ impl Topology {
     /// first; returns once done.
     pub async fn decommission(&self) {
         let me = self.membership.me();
+        self.save(MemberState::Leaving).await;
         self.membership.set_my_state(MemberState::Leaving);
         self.start(Phase::Leaving);
-        self.announce("leaving").await;
+        self.announce_to_all("leaving").await;
         self.spawner.sleep(self.settings.request_timeout).await;
         let pieces = self.leave_pieces(me);
         self.update(|progress| progress.ranges_total = pieces.len());
@@ -418,9 +439,14 @@ impl Topology {
                 progress.retrying = None;
             });
         }
+        // Recorded first: restarted from here on, the node no longer holds its
+        // ranges' newest writes, so it must join again rather than serve them.
+        self.save(MemberState::Left).await;
         self.membership.set_my_state(MemberState::Left);
+        // Done only once every member knows: a node that missed it would keep
+        // reading from this one after it stops.
+        self.announce_to_all("left").await;
         self.finish(Phase::Left);
-        self.announce("left").await;
     }
 
     /// Every piece of range `me` replicates now, with the nodes that replicate it
@@ -534,6 +560,57 @@ impl Topology {
             took_ms = progress.took_ms,
             "streaming done"
         );
+    }
+
+    /// Tells every member (that has not left) this node's new state, again and
+    /// again until each of them answered: a join or a leave must not stream (or
+    /// end) while some node routes without knowing of it.
+    async fn announce_to_all(&self, state: &str) {
+        let mut delay = RETRY_MIN;
+        loop {
+            let (answered, _) = self
+                .membership
+                .announce(&self.transport, self.settings.request_timeout)
+                .await;
+            let me = self.membership.me();
+            let members = self
+                .membership
+                .members()
+                .iter()
+                .filter(|m| m.id != me && m.state != MemberState::Left)
+                .count();
+            if answered >= members {
+                tracing::info!(state, members, "every member knows");
+                self.update(|progress| progress.retrying = None);
+                return;
+            }
+            let waiting =
+                format!("{answered} of {members} members heard that this node is {state}");
+            tracing::warn!("{waiting}; retrying");
+            self.update(|progress| progress.retrying = Some(waiting));
+            self.spawner.sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// `Node::save_member_state`, retried until it succeeds (a step must not be
+    /// taken before it is recorded).
+    async fn save(&self, state: MemberState) {
+        let mut delay = RETRY_MIN;
+        loop {
+            let node = self.node.clone();
+            match offload(self.spawner.as_ref(), move || node.save_member_state(state)).await {
+                Some(Ok(())) | None => return,
+                Some(Err(error)) => {
+                    tracing::error!(
+                        "cannot record this node's state {}: {error}",
+                        state.as_str()
+                    );
+                    self.spawner.sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
     }
 
     async fn announce(&self, state: &str) {

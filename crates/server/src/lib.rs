@@ -277,9 +277,17 @@ impl Server {
         }
         // The cluster took this node out (decommissioned, or removed as dead): it
         // joins again, streaming before it serves reads.
-        let was_removed = reported
-            .as_ref()
-            .is_some_and(|old| old.state == MemberState::Left);
+        let saved_state = {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || node.saved_member_state())
+                .await
+                .map_err(|error| StartError::Task(error.to_string()))?
+                .map_err(|error| StartError::Task(error.to_string()))?
+        };
+        let was_removed = saved_state == Some(MemberState::Left)
+            || reported
+                .as_ref()
+                .is_some_and(|old| old.state == MemberState::Left);
         let adopted = reported.filter(|old| {
             first_join
                 && old.state.in_current_ring()

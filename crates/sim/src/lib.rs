@@ -87,6 +87,7 @@ impl Config {
                 ttl_per_mille: 150,
                 max_down: 2,
                 disk_loss: disk_loss_for(seed),
+                topology: topology_for(seed),
             },
             conflict_policy: policy_for(seed),
             drop_per_mille: 50,
@@ -108,6 +109,7 @@ impl Config {
         config.workload.crashes = false;
         config.workload.partitions = false;
         config.workload.disk_loss = false;
+        config.workload.topology = false;
         config.workload.clock_jumps = false;
         config.drop_per_mille = 0;
         config.duplicate_per_mille = 0;
@@ -158,6 +160,12 @@ pub fn disk_loss_for(seed: u64) -> bool {
     seed % 4 == 1
 }
 
+/// Whether seed `seed`'s run changes the ring (joins, decommissions, removals):
+/// every other seed (independent of `disk_loss_for`, `policy_for` and the size).
+pub fn topology_for(seed: u64) -> bool {
+    (seed / 5).is_multiple_of(2)
+}
+
 /// The conflict policy of seed `seed`: one seed in three runs `lww` (independent of
 /// `nodes_for`, so every size meets both).
 pub fn policy_for(seed: u64) -> ConflictPolicy {
@@ -187,6 +195,12 @@ pub fn run(config: &Config) -> Report {
         max_skew_ms: config.max_skew_ms,
         keep_trace: config.keep_trace,
         policy: config.conflict_policy,
+        // One slot starts outside the ring (to join) when the ring may change
+        // and the cluster is bigger than N.
+        spares: usize::from(
+            config.workload.topology
+                && config.nodes > usize::from(config.workload.replication_factor),
+        ),
     });
     let sim = world.sim.clone();
     {
@@ -279,7 +293,8 @@ pub fn run(config: &Config) -> Report {
         Some(node) => keys.iter().map(|k| node.coordinator.replicas(k)).collect(),
         None => vec![Vec::new(); keys.len()],
     };
-    violations.extend(check::convergence(&world, &keys, &replicas));
+    let strict_owners = !lock(&sim.core).topology_changed;
+    violations.extend(check::convergence(&world, &keys, &replicas, strict_owners));
     // The nodes keep gossiping while the final reads run: a failure detector left
     // without heartbeats would call its peers down and the reads would skip them.
     {
@@ -318,13 +333,18 @@ pub fn run(config: &Config) -> Report {
     violations.extend(lock(&reads).drain(..));
 
     // Phase 3: check (convergence again: the final reads must not break it).
-    violations.extend(check::convergence(&world, &keys, &replicas));
+    violations.extend(check::convergence(&world, &keys, &replicas, strict_owners));
+    // What the replicas hold (only they count: after a ring change other nodes
+    // may keep stale copies, which must not hide a write the replicas lost).
     let merged: Vec<Option<Record>> = keys
         .iter()
-        .map(|key| {
+        .zip(&replicas)
+        .map(|(key, owners)| {
             check::stored(&world, key)
                 .into_iter()
-                .filter_map(|r| r.ok().flatten())
+                .enumerate()
+                .filter(|(node, _)| owners.contains(&ringkv_core::NodeId(*node as u64)))
+                .filter_map(|(_, r)| r.ok().flatten())
                 .fold(None, |acc: Option<Record>, record| {
                     let mut acc = acc.unwrap_or_default();
                     acc.sync(&record);

@@ -3,8 +3,8 @@
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
 //! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
-//! `--canary-version` / `--canary-hints` / `--canary-ae` plant a known bug (see
-//! `Canary`).
+//! `--canary-version` / `--canary-hints` / `--canary-ae` / `--canary-join` plant a
+//! known bug (see `Canary`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -83,6 +83,7 @@ fn parse() -> Result<Args, String> {
             "--canary-version" => args.canary = Canary::ForgetSentVersion,
             "--canary-hints" => args.canary = Canary::ForgetHintsBeforeAck,
             "--canary-ae" => args.canary = Canary::AntiEntropySkipsRange,
+            "--canary-join" => args.canary = Canary::JoinWithoutStreaming,
             other => return Err(format!("unknown argument {other}")),
         }
     }

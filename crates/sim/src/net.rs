@@ -36,6 +36,7 @@ pub struct SimNode {
     pub node: Arc<Node>,
     pub membership: Arc<Membership>,
     pub coordinator: Arc<Coordinator>,
+    pub topology: Arc<ringkv_cluster::topology::Topology>,
     pub actor: ActorId,
     /// The node's disk (outlives the incarnation).
     pub disk: Arc<SimDisk>,

@@ -52,6 +52,28 @@ pub enum Fault {
     /// Node `usize` crashes and its disk is replaced by an empty one: it restarts
     /// with nothing, and anti-entropy must refill it.
     DiskLoss(usize),
+    /// A spare node joins the cluster (takes tokens, streams, then serves).
+    Join(usize),
+    /// A member streams its ranges away and leaves the ring, then stops for good.
+    Decommission(usize),
+    /// A member dies for good and another node removes it from the ring; the
+    /// others refill its ranges (anti-entropy). Its disk is as good as lost.
+    Remove(usize),
+}
+
+/// Where a node slot is in the cluster's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Not part of the cluster yet (may join).
+    Spare,
+    /// Taking its tokens and streaming (restarts join again).
+    Joining,
+    /// A member of the ring.
+    Member,
+    /// Decommissioning (a restart makes it a plain member again).
+    Leaving,
+    /// Left or removed: stopped for good.
+    Gone,
 }
 
 /// A known bug planted in the simulated node, so tests can show that the checkers
@@ -81,6 +103,8 @@ pub enum Canary {
     /// Anti-entropy skips a range: replicas answer `TreeRoots` with no tree for
     /// every arc that starts in the upper half of the ring.
     AntiEntropySkipsRange,
+    /// A joining node serves its ranges at once, without streaming them first.
+    JoinWithoutStreaming,
 }
 
 /// The network's knobs and who can talk to whom.
@@ -171,6 +195,20 @@ pub struct Core {
     /// When background work (gossip, handoff) stops: `None` once the clients are
     /// done (the workload phase), `Some(t)` at virtual time t (after heal).
     pub background_until: Option<u64>,
+    /// Each node slot's place in the cluster.
+    pub slots: Vec<Slot>,
+    /// Whether a join, decommission or removal happened (nodes may then hold
+    /// copies of ranges they no longer replicate).
+    pub topology_changed: bool,
+}
+
+impl Core {
+    /// Whether a join or decommission is under way.
+    pub fn topology_busy(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| matches!(slot, Slot::Joining | Slot::Leaving))
+    }
 }
 
 impl Core {
@@ -252,6 +290,8 @@ impl Sim {
                 anti_entropy: true,
                 disk_lost_at: None,
                 background_until: None,
+                slots: vec![Slot::Member; nodes],
+                topology_changed: false,
             }),
             ready: ReadyQueue::default(),
             nodes: Mutex::new(vec![None; nodes]),

@@ -14,7 +14,7 @@ use ringkv_cluster::{Write, WriteBody};
 use ringkv_core::{Context, Key, Record};
 
 use crate::exec::{Owner, lock, oneshot};
-use crate::sim::{Event, Fault, Sim};
+use crate::sim::{Event, Fault, Sim, Slot};
 
 /// A client request.
 #[derive(Debug, Clone)]
@@ -100,6 +100,10 @@ pub struct Workload {
     /// One node may lose its disk (at most once a run); writes then use w ≥ 2, so
     /// every acked write outlives one lost disk.
     pub disk_loss: bool,
+    /// The ring changes during the run: a spare joins, a member is decommissioned,
+    /// or (when `disk_loss`, as the run's one lost disk) a member dies and is
+    /// removed. One change at a time, node 0 always stays, never fewer than N.
+    pub topology: bool,
 }
 
 impl Entry {
@@ -313,9 +317,35 @@ pub async fn nemesis(sim: Arc<Sim>, until: u64, w: Workload) {
                 core.disk_lost_at.is_some(),
             )
         };
-        let running: Vec<usize> = (0..nodes).filter(|i| up[*i]).collect();
-        let down: Vec<usize> = (0..nodes).filter(|i| !up[*i]).collect();
-        let fault = sim.random(|rng| match rng.below(7) {
+        let (slots, busy) = {
+            let core = lock(&sim.core);
+            (core.slots.clone(), core.topology_busy())
+        };
+        let members = || (1..nodes).filter(|i| slots[*i] == Slot::Member);
+        let running: Vec<usize> = (0..nodes)
+            .filter(|i| up[*i] && !matches!(slots[*i], Slot::Spare | Slot::Gone))
+            .collect();
+        let down: Vec<usize> = (0..nodes)
+            .filter(|i| !up[*i] && !matches!(slots[*i], Slot::Spare | Slot::Gone))
+            .collect();
+        let in_ring = slots.iter().filter(|slot| **slot == Slot::Member).count();
+        let fault = sim.random(|rng| match rng.below(9) {
+            // Ring changes, one at a time (a couple a run).
+            7 | 8 if w.topology && !busy => {
+                let spare = (0..nodes).find(|i| slots[*i] == Slot::Spare);
+                let leavers: Vec<usize> = members().filter(|i| up[*i]).collect();
+                let shrink = in_ring > usize::from(w.replication_factor);
+                let dead: Vec<usize> = members().collect();
+                let mut options = Vec::new();
+                options.extend(spare.map(Fault::Join));
+                if shrink && !leavers.is_empty() {
+                    options.push(Fault::Decommission(leavers[rng.index(leavers.len())]));
+                }
+                if shrink && w.disk_loss && !disk_lost && !dead.is_empty() {
+                    options.push(Fault::Remove(dead[rng.index(dead.len())]));
+                }
+                (!options.is_empty()).then(|| options.swap_remove(rng.index(options.len())))
+            }
             0 if w.crashes && down.len() < w.max_down => {
                 Some(Fault::Crash(running[rng.index(running.len())]))
             }

@@ -20,7 +20,8 @@ use ringkv_core::{ActorId, ConflictPolicy, Member, MemberState, NodeId};
 use crate::disk::SimDisk;
 use crate::exec::{Owner, TaskWaker, lock};
 use crate::net::{SimNode, SimSpawn, SimTransport};
-use crate::sim::{Canary, Event, Fault, Sim};
+use crate::sim::{Canary, Event, Fault, Sim, Slot};
+use ringkv_cluster::topology::{Topology, TopologySettings};
 
 /// Wall-clock ms at virtual time 0 (any fixed date will do).
 const EPOCH_MS: u64 = 1_767_225_600_000;
@@ -40,6 +41,8 @@ pub struct WorldConfig {
     pub max_skew_ms: u64,
     pub keep_trace: bool,
     pub policy: ConflictPolicy,
+    /// The last `spares` node slots start outside the cluster (they may join).
+    pub spares: usize,
 }
 
 /// Gossip and handoff rounds, virtual ms.
@@ -91,13 +94,19 @@ pub struct World {
 impl World {
     pub fn new(config: WorldConfig) -> World {
         let sim = Arc::new(Sim::new(config.seed, config.nodes, config.keep_trace));
+        let first_spare = config.nodes.saturating_sub(config.spares).max(1);
         let mut members: Vec<Member> = Vec::new();
         for index in 0..config.nodes {
             let id = NodeId(index as u64);
             let ring = Ring::from_members(&members);
             let weights = members.iter().map(|m| (m.id, m.vnodes)).collect();
             let salt = sim.random(|rng| rng.next_u64());
-            let tokens = allocate_tokens(&ring, &weights, id, 16, salt);
+            // Spares take their tokens when they join.
+            let tokens = if index < first_spare {
+                allocate_tokens(&ring, &weights, id, 16, salt)
+            } else {
+                Vec::new()
+            };
             members.push(Member {
                 id,
                 generation: 1,
@@ -133,18 +142,58 @@ impl World {
             steps: 0,
         };
         world.set_clocks(0);
-        for index in 0..world.config.nodes {
+        {
+            let mut core = lock(&world.sim.core);
+            for index in first_spare..world.config.nodes {
+                core.slots[index] = Slot::Spare;
+                core.net.up[index] = false;
+            }
+        }
+        for index in 0..first_spare {
             world.boot(index);
         }
         world
     }
 
+    /// What a starting node learns from its seeds: the table of a live member if
+    /// any is up, else the members as the world created them (never spares).
+    fn seed_view(&self, me: usize) -> Vec<Member> {
+        let live = (0..self.config.nodes)
+            .filter(|index| *index != me)
+            .find_map(|index| self.sim.node(index));
+        match live {
+            Some(node) => node.membership.members(),
+            // Everyone is down (a power cut): the members as the world knows them,
+            // in the state they are in (as the nodes persisted it).
+            None => {
+                let slots = lock(&self.sim.core).slots.clone();
+                self.members
+                    .iter()
+                    .zip(slots)
+                    .filter_map(|(member, slot)| {
+                        let state = match slot {
+                            Slot::Spare => return None,
+                            Slot::Joining => MemberState::Joining,
+                            Slot::Member => MemberState::Normal,
+                            Slot::Leaving => MemberState::Leaving,
+                            Slot::Gone => MemberState::Left,
+                        };
+                        Some(Member {
+                            state,
+                            ..member.clone()
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Starts (or restarts) node `index` over its engine. Every incarnation gets a
     /// new actor id, as `server::identity` does after an unclean stop.
     fn boot(&mut self, index: usize) {
-        let (incarnation, canary) = {
+        let (incarnation, canary, slot) = {
             let core = lock(&self.sim.core);
-            (core.net.incarnation[index], core.canary)
+            (core.net.incarnation[index], core.canary, core.slots[index])
         };
         let actor = if canary == Canary::ReuseActorAfterCrash {
             ActorId((index as u64) << 32)
@@ -154,6 +203,11 @@ impl World {
         // Every start is a new generation, as `server::identity` makes it.
         let me = Member {
             generation: incarnation + 1,
+            state: if slot == Slot::Joining {
+                MemberState::Joining
+            } else {
+                MemberState::Normal
+            },
             ..self.members[index].clone()
         };
         let clock = Arc::new(NodeClock {
@@ -161,7 +215,7 @@ impl World {
             sim: Arc::downgrade(&self.sim),
         });
         let membership = Arc::new(Membership::new(me, clock, DETECTOR));
-        membership.merge(self.members.clone());
+        membership.merge(self.seed_view(index));
         let node = Arc::new(Node::new(
             self.engines[index].clone(),
             self.clocks[index].clone(),
@@ -187,15 +241,70 @@ impl World {
             },
         ));
 
+        let topology = Arc::new(Topology::new(
+            node.clone(),
+            membership.clone(),
+            transport.clone(),
+            spawner.clone(),
+            TopologySettings {
+                replication_factor: self.config.replication_factor,
+                bytes_per_sec: u64::MAX,
+                request_timeout: timeout,
+            },
+        ));
         lock(&self.sim.nodes)[index] = Some(Arc::new(SimNode {
             node,
             membership,
             coordinator,
+            topology: topology.clone(),
             actor,
             disk: self.engines[index].clone(),
             sim: self.sim.clone(),
         }));
         self.start_background(index);
+    }
+
+    /// Runs node `index`'s join or decommission, if one is under way, like its
+    /// other background work: until it is done or `Core::background_over` (it
+    /// resumes with the background loops after heal).
+    fn resume_topology(&self, index: usize) {
+        let Some(sim_node) = self.sim.node(index) else {
+            return;
+        };
+        let slot = lock(&self.sim.core).slots[index];
+        let sim = self.sim.clone();
+        let change: BoxFuture<()> = match slot {
+            Slot::Joining => Box::pin(async move {
+                sim_node.topology.join().await;
+                let mut core = lock(&sim.core);
+                if core.slots[index] == Slot::Joining {
+                    core.slots[index] = Slot::Member;
+                }
+                let now = core.now;
+                core.trace.log(now, &format!("n{index} JOINED"));
+            }),
+            Slot::Leaving => Box::pin(async move {
+                sim_node.topology.decommission().await;
+                let mut core = lock(&sim.core);
+                core.slots[index] = Slot::Gone;
+                let now = core.now;
+                core.trace.log(now, &format!("n{index} LEFT"));
+                // It stops for good (its crash never restarts).
+                core.schedule(now + 1, Event::Fault(Fault::Crash(index)));
+            }),
+            _ => return,
+        };
+        let watcher = self.sim.clone();
+        let over: BoxFuture<()> = Box::pin(async move {
+            loop {
+                watcher.sleep(GOSSIP_INTERVAL_MS).await;
+                if lock(&watcher.core).background_over() {
+                    return;
+                }
+            }
+        });
+        self.sim
+            .spawn(Owner::Node(index), Box::pin(first_of(change, over)));
     }
 
     /// Starts node `index`'s background loop (gossip and handoff rounds until
@@ -266,6 +375,7 @@ impl World {
                 }
             })
         });
+        self.resume_topology(index);
         if lock(&self.sim.core).anti_entropy {
             let anti_entropy = Arc::new(anti_entropy);
             self.spawn_rounds(index, ANTI_ENTROPY_INTERVAL_MS, move || {
@@ -349,8 +459,20 @@ impl World {
             Fault::Restart(index) => {
                 {
                     let mut core = lock(&self.sim.core);
-                    if core.net.up[index] {
+                    if core.net.up[index] || matches!(core.slots[index], Slot::Spare | Slot::Gone) {
                         return;
+                    }
+                    // A crash ends a decommission: the node restarts as a member, or,
+                    // if it had already left (its writes went elsewhere since),
+                    // joins again, as `server` does from the state it recorded.
+                    if core.slots[index] == Slot::Leaving {
+                        let saved =
+                            ringkv_cluster::node::saved_member_state(self.engines[index].as_ref());
+                        core.slots[index] = if matches!(saved, Ok(Some(MemberState::Left))) {
+                            Slot::Joining
+                        } else {
+                            Slot::Member
+                        };
                     }
                     core.net.up[index] = true;
                     core.net.incarnation[index] += 1;
@@ -395,6 +517,95 @@ impl World {
                 // The hints it held are gone with the disk (their writes are on two
                 // other disks; anti-entropy spreads them).
                 core.hints.retain(|hint| hint.holder != index);
+            }
+            Fault::Join(index) => {
+                if lock(&self.sim.core).slots[index] != Slot::Spare {
+                    return;
+                }
+                let holders: Vec<Member> = self
+                    .seed_view(index)
+                    .into_iter()
+                    .filter(|m| m.state != MemberState::Left)
+                    .collect();
+                let ring = Ring::new(holders.iter().map(|m| (m.id, m.tokens.clone())));
+                let weights = holders.iter().map(|m| (m.id, m.vnodes)).collect();
+                let salt = self.sim.random(|rng| rng.next_u64());
+                self.members[index].tokens =
+                    allocate_tokens(&ring, &weights, NodeId(index as u64), 16, salt);
+                {
+                    let mut core = lock(&self.sim.core);
+                    core.slots[index] = if core.canary == Canary::JoinWithoutStreaming {
+                        Slot::Member
+                    } else {
+                        Slot::Joining
+                    };
+                    core.topology_changed = true;
+                    core.net.up[index] = true;
+                }
+                self.boot(index);
+            }
+            Fault::Decommission(index) => {
+                let Some(node) = self.sim.node(index) else {
+                    return;
+                };
+                if lock(&self.sim.core).slots[index] != Slot::Member {
+                    return;
+                }
+                if let Err(reason) = node.topology.check_decommission() {
+                    self.sim
+                        .log(&format!("n{index} cannot decommission: {reason}"));
+                    return;
+                }
+                {
+                    let mut core = lock(&self.sim.core);
+                    core.slots[index] = Slot::Leaving;
+                    core.topology_changed = true;
+                }
+                self.resume_topology(index);
+            }
+            Fault::Remove(index) => {
+                // Someone alive must do the removal.
+                let remover = (0..self.config.nodes)
+                    .find_map(|other| (other != index).then(|| self.sim.node(other)).flatten());
+                let Some(remover) = remover else {
+                    return;
+                };
+                {
+                    let mut core = lock(&self.sim.core);
+                    if core.slots[index] != Slot::Member {
+                        return;
+                    }
+                    core.slots[index] = Slot::Gone;
+                    core.topology_changed = true;
+                    let now = core.now;
+                    core.disk_lost_at.get_or_insert(now);
+                    // The hints it held die with it.
+                    core.hints.retain(|hint| hint.holder != index);
+                }
+                self.apply(Fault::Crash(index));
+                // Every live node removes it, as each does once its detector says
+                // permanently failed (and as an operator does who checks that
+                // every node was told): a removal known to one node only is lost
+                // if that node crashes (membership lives in memory).
+                let id = NodeId(index as u64);
+                for other in 0..self.config.nodes {
+                    if let Some(node) = self.sim.node(other)
+                        && other != index
+                        && let Err(error) = node.membership.remove(id, true)
+                    {
+                        self.sim
+                            .log(&format!("n{other} cannot remove n{index}: {error}"));
+                    }
+                }
+                let owner = usize::try_from(remover.membership.me().0).unwrap_or(0);
+                let timeout = Duration::from_millis(self.config.request_timeout_ms);
+                self.sim.spawn(
+                    Owner::Node(owner),
+                    Box::pin(async move {
+                        let transport = remover.coordinator.transport().clone();
+                        remover.membership.announce(&transport, timeout).await;
+                    }),
+                );
             }
             Fault::PowerCut => {
                 for index in 0..self.config.nodes {
@@ -503,6 +714,18 @@ impl Drop for World {
 
 /// The planted handoff bug: forget each hint of a healthy target, then send it
 /// without waiting for (or checking) the answer.
+/// Resolves when either future does (the other is dropped).
+async fn first_of(mut a: BoxFuture<()>, mut b: BoxFuture<()>) {
+    std::future::poll_fn(|cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
 fn forget_then_send(
     membership: &Membership,
     transport: &dyn Transport,
