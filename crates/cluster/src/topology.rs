@@ -142,6 +142,26 @@ pub struct Topology {
 type Failure = String;
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Pieces streamed at once (each its own calls and fsyncs): most pieces are small,
+/// so one at a time would wait on round trips, not on bytes.
+const PARALLEL_PIECES: usize = 8;
+
+/// A future borrowing the topology (no spawning: it runs inside `join` or
+/// `decommission`).
+type LocalFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Runs every future to its end, together.
+async fn all(mut futures: Vec<LocalFuture<'_>>) {
+    std::future::poll_fn(|cx| {
+        futures.retain_mut(|future| future.as_mut().poll(cx).is_pending());
+        if futures.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Topology {
@@ -202,24 +222,32 @@ impl Topology {
             pieces = pieces.len(),
             "join: streaming the ranges this node takes over"
         );
-        let mut throttle = Throttle::new(self.settings.bytes_per_sec, self.node.monotonic_ms());
-        for piece in pieces {
-            let mut delay = RETRY_MIN;
-            loop {
-                match self.pull(&piece, &mut throttle).await {
-                    Ok(()) => break,
-                    Err(failure) => {
-                        tracing::warn!(range = ?piece.range, "join: streaming failed, retrying: {failure}");
-                        self.update(|progress| progress.retrying = Some(failure));
-                        self.spawner.sleep(delay).await;
-                        delay = (delay * 2).min(RETRY_MAX);
-                    }
-                }
-            }
-            self.update(|progress| {
-                progress.ranges_done += 1;
-                progress.retrying = None;
-            });
+        let throttle = Mutex::new(Throttle::new(
+            self.settings.bytes_per_sec,
+            self.node.monotonic_ms(),
+        ));
+        for batch in pieces.chunks(PARALLEL_PIECES) {
+            let pulls = batch
+                .iter()
+                .map(|piece| {
+                    let throttle = &throttle;
+                    let pull: LocalFuture<'_> = Box::pin(async move {
+                        let mut delay = RETRY_MIN;
+                        while let Err(failure) = self.pull(piece, throttle).await {
+                            tracing::warn!(range = ?piece.range, "join: streaming failed, retrying: {failure}");
+                            self.update(|progress| progress.retrying = Some(failure));
+                            self.spawner.sleep(delay).await;
+                            delay = (delay * 2).min(RETRY_MAX);
+                        }
+                        self.update(|progress| {
+                            progress.ranges_done += 1;
+                            progress.retrying = None;
+                        });
+                    });
+                    pull
+                })
+                .collect();
+            all(pulls).await;
         }
         self.save(MemberState::Normal).await;
         self.membership.set_my_state(MemberState::Normal);
@@ -257,7 +285,7 @@ impl Topology {
 
     /// Pulls one piece: from each of its sources if all are up, else from every
     /// live current replica of it (a union covers whatever a quorum acknowledged).
-    async fn pull(&self, piece: &Piece, throttle: &mut Throttle) -> Result<(), Failure> {
+    async fn pull(&self, piece: &Piece, throttle: &Mutex<Throttle>) -> Result<(), Failure> {
         let all_up = piece
             .peers
             .iter()
@@ -288,7 +316,7 @@ impl Topology {
         &self,
         source: NodeId,
         range: TokenRange,
-        throttle: &mut Throttle,
+        throttle: &Mutex<Throttle>,
     ) -> Result<(), Failure> {
         let peer = self
             .membership
@@ -314,7 +342,11 @@ impl Topology {
             let page = decode_page(records, range, after.as_ref())
                 .map_err(|reason| format!("node {source} sent a bad page: {reason}"))?;
             let bytes = self.merge(page).await?;
-            if let Some(wait) = throttle.moved(bytes, self.node.monotonic_ms()) {
+            let wait = throttle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .moved(bytes, self.node.monotonic_ms());
+            if let Some(wait) = wait {
                 self.spawner.sleep(wait).await;
             }
             if complete {
@@ -423,21 +455,36 @@ impl Topology {
             pieces = pieces.len(),
             "decommission: streaming this node's ranges to their next replicas"
         );
-        let mut throttle = Throttle::new(self.settings.bytes_per_sec, self.node.monotonic_ms());
-        for piece in pieces {
-            for target in &piece.peers {
-                let mut delay = RETRY_MIN;
-                while let Err(failure) = self.push_to(*target, piece.range, &mut throttle).await {
-                    tracing::warn!(range = ?piece.range, %target, "decommission: streaming failed, retrying: {failure}");
-                    self.update(|progress| progress.retrying = Some(failure));
-                    self.spawner.sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
-            }
-            self.update(|progress| {
-                progress.ranges_done += 1;
-                progress.retrying = None;
-            });
+        let throttle = Mutex::new(Throttle::new(
+            self.settings.bytes_per_sec,
+            self.node.monotonic_ms(),
+        ));
+        for batch in pieces.chunks(PARALLEL_PIECES) {
+            let pushes = batch
+                .iter()
+                .map(|piece| {
+                    let throttle = &throttle;
+                    let push: LocalFuture<'_> = Box::pin(async move {
+                        for target in &piece.peers {
+                            let mut delay = RETRY_MIN;
+                            while let Err(failure) =
+                                self.push_to(*target, piece.range, throttle).await
+                            {
+                                tracing::warn!(range = ?piece.range, %target, "decommission: streaming failed, retrying: {failure}");
+                                self.update(|progress| progress.retrying = Some(failure));
+                                self.spawner.sleep(delay).await;
+                                delay = (delay * 2).min(RETRY_MAX);
+                            }
+                        }
+                        self.update(|progress| {
+                            progress.ranges_done += 1;
+                            progress.retrying = None;
+                        });
+                    });
+                    push
+                })
+                .collect();
+            all(pushes).await;
         }
         // Recorded first: restarted from here on, the node no longer holds its
         // ranges' newest writes, so it must join again rather than serve them.
@@ -476,7 +523,7 @@ impl Topology {
         &self,
         target: NodeId,
         range: TokenRange,
-        throttle: &mut Throttle,
+        throttle: &Mutex<Throttle>,
     ) -> Result<(), Failure> {
         let peer = self
             .membership
@@ -523,7 +570,11 @@ impl Topology {
                 Err(error) => return Err(format!("node {target}: {error}")),
             }
             self.moved(count, bytes);
-            if let Some(wait) = throttle.moved(bytes, self.node.monotonic_ms()) {
+            let wait = throttle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .moved(bytes, self.node.monotonic_ms());
+            if let Some(wait) = wait {
                 self.spawner.sleep(wait).await;
             }
             if complete {
@@ -620,6 +671,31 @@ impl Topology {
             .await;
         tracing::info!(state, answered, asked, "told the cluster");
     }
+}
+
+/// Whether a node in `state` must refuse `request`, and why: a joining node does
+/// not hold its ranges yet (a read it answered could miss acknowledged writes), a
+/// node that left holds stale copies (a read could miss, a write it took would be
+/// counted on a node nobody reads). Coordinators send such requests only while
+/// their view of the ring lags; refused, they count as failed replicas.
+pub fn refusal(state: MemberState, request: &PeerRequest) -> Option<ringkv_core::wire::PeerError> {
+    let refused = match (state, request) {
+        (MemberState::Joining, PeerRequest::Read { .. }) => {
+            "is still joining: it serves no reads yet"
+        }
+        (
+            MemberState::Left,
+            PeerRequest::Read { .. }
+            | PeerRequest::Update { .. }
+            | PeerRequest::Replicate { .. }
+            | PeerRequest::Sync
+            | PeerRequest::Hint { .. },
+        ) => "has left the ring",
+        _ => return None,
+    };
+    Some(ringkv_core::wire::PeerError::Refused {
+        message: format!("this node {refused}"),
+    })
 }
 
 /// Decodes a page of streamed records, each with its size; the keys must lie in

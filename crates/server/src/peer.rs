@@ -89,6 +89,11 @@ fn internal(message: impl Into<String>) -> PeerResponse {
 
 impl PeerHandler for PeerService {
     fn handle(&self, _from: NodeId, request: PeerRequest) -> BoxFuture<PeerResponse> {
+        if let Some(refused) =
+            ringkv_cluster::topology::refusal(self.membership.myself().state, &request)
+        {
+            return Box::pin(async move { PeerResponse::Error(refused) });
+        }
         match request {
             PeerRequest::Members { members } => {
                 let response = match self.coordinator.get() {

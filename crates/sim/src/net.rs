@@ -373,6 +373,11 @@ fn internal(message: String) -> PeerResponse {
 /// What `server::peer::PeerService` does with a request, minus the thread pool
 /// (and plus the planted bug of `canary`, if any).
 pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) -> PeerResponse {
+    if let Some(refused) =
+        ringkv_cluster::topology::refusal(target.membership.myself().state, &request)
+    {
+        return PeerResponse::Error(refused);
+    }
     match request {
         PeerRequest::Replicate { .. } if canary == Canary::AckWithoutApplying => PeerResponse::Ack,
         PeerRequest::Update { write } if canary == Canary::IgnoreWriteContext => {

@@ -216,6 +216,16 @@ impl World {
         });
         let membership = Arc::new(Membership::new(me, clock, DETECTOR));
         membership.merge(self.seed_view(index));
+        // As `server` starts: a node the cluster says has left (its disk lost
+        // since, or the news of it unrecorded) joins again.
+        if slot != Slot::Joining
+            && membership
+                .reported_me()
+                .is_some_and(|old| old.state == MemberState::Left)
+        {
+            lock(&self.sim.core).slots[index] = Slot::Joining;
+            membership.set_my_state(MemberState::Joining);
+        }
         let node = Arc::new(Node::new(
             self.engines[index].clone(),
             self.clocks[index].clone(),
