@@ -91,6 +91,10 @@ impl Engine for SimDisk {
         self.memory.delete(key)
     }
 
+    fn remove_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError> {
+        self.memory.remove_if(key, expected)
+    }
+
     fn sync(&self) -> SyncWait {
         let Some(sim) = self.sim.upgrade() else {
             return SyncWait::ready(Err(StorageError::Closed));
