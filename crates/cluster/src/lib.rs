@@ -17,6 +17,10 @@
 //! * `antientropy`: Merkle-tree comparison of shared arcs with peers, and the repair
 //!   of the keys that differ.
 //! * `gather`: wait for the first k of several calls without spawning.
+//! * `tombstone`: tombstone GC, by acknowledgement (anti-entropy confirmed every
+//!   replica holds the record) or by grace; `Collector` decides and forgets.
+//! * `purge`: the background sweep that purges expired versions and forgets
+//!   collectable tombstone-only records, a page at a time.
 //!
 //! Join, decommission and removal arrive with their issue.
 
@@ -27,8 +31,10 @@ mod gather;
 pub mod handoff;
 pub mod membership;
 pub mod node;
+pub mod purge;
 pub mod quorum;
 pub mod replica;
+pub mod tombstone;
 pub mod transport;
 
 pub use clock::{Clock, ManualClock};
