@@ -17,6 +17,7 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ringkv_cluster::antientropy::AntiEntropy;
 use ringkv_cluster::coordinator::{Coordinator, CoordinatorError};
+use ringkv_cluster::purge::Purge;
 use ringkv_cluster::{Node, Quorum, Write, WriteBody};
 use ringkv_core::{Body, Key, Limits, Member, MemberState, ReadView, Sibling};
 use serde::Deserialize;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub write_quorum: u8,
     pub metrics: PrometheusHandle,
     pub anti_entropy: Arc<AntiEntropy>,
+    pub purge: Arc<Purge>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -119,8 +121,19 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
         .filter_map(|(_, s)| s.last_converged_ms)
         .collect();
     let now_ms = app.node.now_ms();
+    let purge = app.purge.totals();
     Json(json!({
         "node_id": app.node_id,
+        "purge": {
+            "rounds": purge.rounds,
+            "sweeps": purge.sweeps,
+            "keys_scanned": purge.keys_scanned,
+            "ttl_purged": purge.ttl_purged,
+            "tombstones_purged": {
+                "ack": purge.tombstones_purged.ack,
+                "grace": purge.tombstones_purged.grace,
+            },
+        },
         "anti_entropy": {
             "rounds": totals.rounds,
             "keys_repaired": totals.keys_repaired,
