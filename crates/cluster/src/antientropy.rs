@@ -313,27 +313,8 @@ impl AntiEntropy {
         throttle: &mut Throttle,
     ) -> Result<(), Stop> {
         for chunk in shared.chunks(MAX_ARCS_PER_REQUEST) {
-            let theirs = match self
-                .call(
-                    peer,
-                    PeerRequest::TreeRoots {
-                        arcs: chunk.to_vec(),
-                    },
-                )
-                .await?
-            {
-                PeerResponse::Roots { roots } if roots.len() == chunk.len() => roots,
-                other => {
-                    return Err(Stop::Peer(format!(
-                        "unexpected answer to TreeRoots: {other:?}"
-                    )));
-                }
-            };
-            report.exchange_bytes += 9 * theirs.len() as u64;
-            // Read after the peer's answer: equal roots mean the peer held, durably,
-            // what this node holds at `stamp`.
-            let (mine, stamp) = self.node.tree_roots_stamped(chunk);
-            let at_ms = self.node.monotonic_ms();
+            let (theirs, mine) = self.compare_roots(peer, chunk, report).await?;
+            let mut repaired_arcs = Vec::new();
             for ((arc, mine), theirs) in chunk.iter().zip(mine).zip(theirs) {
                 let (Some(mine), Some(theirs)) = (mine, theirs) else {
                     continue; // One side has no tree of it (another ring view).
@@ -343,15 +324,58 @@ impl AntiEntropy {
                     report.arcs_differing += 1;
                     let repaired = self.sync_arc(peer, *arc, report, throttle).await?;
                     self.converged(*arc, repaired);
+                    repaired_arcs.push(*arc);
                 } else {
-                    if let Some(collector) = &self.collector {
-                        collector.confirm(*arc, peer.id, stamp, at_ms);
-                    }
                     self.converged(*arc, 0);
                 }
             }
+            // With tombstone GC, compare the repaired arcs once more: equal now, they
+            // are confirmed without waiting for the next round with this peer (by
+            // when, on a busy arc, something else will have changed).
+            if self.collector.is_some() && !repaired_arcs.is_empty() {
+                self.compare_roots(peer, &repaired_arcs, report).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Asks `peer` for its roots of `arcs` and reads this node's; with a collector,
+    /// arcs whose roots are equal are confirmations for tombstone GC.
+    async fn compare_roots(
+        &self,
+        peer: &Peer,
+        arcs: &[TokenRange],
+        report: &mut RoundReport,
+    ) -> Result<(Vec<Option<u64>>, Vec<Option<u64>>), Stop> {
+        let theirs = match self
+            .call(
+                peer,
+                PeerRequest::TreeRoots {
+                    arcs: arcs.to_vec(),
+                },
+            )
+            .await?
+        {
+            PeerResponse::Roots { roots } if roots.len() == arcs.len() => roots,
+            other => {
+                return Err(Stop::Peer(format!(
+                    "unexpected answer to TreeRoots: {other:?}"
+                )));
+            }
+        };
+        report.exchange_bytes += 9 * theirs.len() as u64;
+        // Read after the peer's answer: equal roots mean the peer held, durably,
+        // what this node holds at `stamp`.
+        let (mine, stamp) = self.node.tree_roots_stamped(arcs);
+        if let Some(collector) = &self.collector {
+            let at_ms = self.node.monotonic_ms();
+            for ((arc, mine), theirs) in arcs.iter().zip(&mine).zip(&theirs) {
+                if mine.is_some() && mine == theirs {
+                    collector.confirm(*arc, peer.id, stamp, at_ms);
+                }
+            }
+        }
+        Ok((theirs, mine))
     }
 
     fn converged(&self, arc: TokenRange, repaired: u64) {
