@@ -22,7 +22,7 @@ use crate::Clock;
 
 mod collection;
 
-pub use collection::ArcChanges;
+use collection::ArcChanges;
 
 /// What a write stores.
 #[derive(Debug, Clone, PartialEq, Eq)]

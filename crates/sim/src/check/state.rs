@@ -164,9 +164,11 @@ pub fn no_acked_write_lost(facts: &Facts, merged: &[Option<Record>]) -> Vec<Stri
         if facts.superseded(key, dot) && record.context().contains(dot) {
             continue;
         }
+        // Forgotten after the write was applied: a record forgotten before cannot
+        // have known its dot (unless the dot was reissued: `dots_are_unique`).
         if facts
             .forgotten_of(key, u64::MAX)
-            .any(|gone| gone.record.context().contains(dot))
+            .any(|gone| gone.at >= applied.at && gone.record.context().contains(dot))
         {
             continue;
         }
@@ -431,10 +433,17 @@ mod tests {
             record: tombstone,
             at: 5,
         }];
-        let mut facts = facts(&history, &truth);
-        facts.forgotten = &forgotten;
-        assert!(no_acked_write_lost(&facts, &[None]).is_empty());
+        let mut facts_with = facts(&history, &truth);
+        facts_with.forgotten = &forgotten;
+        assert!(no_acked_write_lost(&facts_with, &[None]).is_empty());
         assert!(only_tombstones_forgotten(&forgotten).is_empty());
+        // A record forgotten before the writes were applied knew nothing of them.
+        for write in &mut truth {
+            write.at = 6;
+        }
+        let mut facts_before = facts(&history, &truth);
+        facts_before.forgotten = &forgotten;
+        assert_eq!(no_acked_write_lost(&facts_before, &[None]).len(), 2);
         // Forgetting a record with a live version is reported.
         let live = [Forgotten {
             record: record_with("a"),
