@@ -209,6 +209,18 @@ pub fn status(args: UrlArgs) -> anyhow::Result<ExitCode> {
             ae["arcs_converged"], ae["arcs"], ae["keys_repaired"], ae["rounds"]
         );
     }
+    let purge = &answer["purge"];
+    if purge.is_object() {
+        println!(
+            "purge: {} expired values purged, {} tombstones forgotten ({} confirmed, {} past the grace), {} sweeps",
+            purge["ttl_purged"],
+            purge["tombstones_purged"]["ack"].as_u64().unwrap_or(0)
+                + purge["tombstones_purged"]["grace"].as_u64().unwrap_or(0),
+            purge["tombstones_purged"]["ack"],
+            purge["tombstones_purged"]["grace"],
+            purge["sweeps"]
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,14 @@
 //!
 //! The trees live in `Node` (updated in O(1) by every write) and are rebuilt from
 //! storage when the arcs this node replicates change (at start: they start empty).
+//!
+//! With a tombstone `Collector` (`with_collector`), equal roots are also
+//! confirmations for tombstone GC by acknowledgement (see `tombstone`), and a
+//! tombstone-only record that one side already forgot is not copied back when the
+//! other may forget it too: it is forgotten there instead (or, pulled into a node
+//! that holds nothing and would forget it at once, left out). Otherwise the two
+//! sides would hand a forgotten tombstone back and forth, each copy a change that
+//! restarts the confirmations.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +35,7 @@ use ringkv_core::{Key, NodeId, Record, Token, TokenRange};
 use crate::gather::Gather;
 use crate::membership::{Liveness, Membership};
 use crate::node::Node;
+use crate::tombstone::Collector;
 use crate::transport::{BoxFuture, Peer, Spawn, Transport, offload};
 
 /// How anti-entropy runs (from the configuration).
@@ -59,6 +68,9 @@ pub struct RoundReport {
     pub leaves_differing: usize,
     pub keys_pulled: u64,
     pub keys_pushed: u64,
+    /// Tombstone-only records forgotten here instead of pushed back to a peer that
+    /// had forgotten them (see the module doc).
+    pub keys_collected: u64,
     /// Bytes of records moved (pulled and pushed).
     pub record_bytes: u64,
     /// Bytes of tree hashes and key digests received.
@@ -122,6 +134,8 @@ pub struct AntiEntropy {
     spawner: Arc<dyn Spawn>,
     settings: AntiEntropySettings,
     state: Mutex<State>,
+    /// Tombstone GC, if on: takes the confirmations, decides what not to copy back.
+    collector: Option<Arc<Collector>>,
 }
 
 /// Why an exchange with the peer stopped early.
@@ -148,7 +162,16 @@ impl AntiEntropy {
             spawner,
             settings,
             state: Mutex::new(State::default()),
+            collector: None,
         }
+    }
+
+    /// Feeds `collector` the confirmations of tombstone GC by acknowledgement, and
+    /// lets it keep forgotten tombstones forgotten (see the module doc).
+    #[must_use]
+    pub fn with_collector(mut self, collector: Arc<Collector>) -> AntiEntropy {
+        self.collector = Some(collector);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -227,6 +250,14 @@ impl AntiEntropy {
                 None => return,
             }
         }
+        if let Some(collector) = &self.collector {
+            // While a join or leave is under way, ranges have replicas beyond the
+            // current ring's (the next owners, still streaming): no confirmation
+            // by the current replicas alone lets a tombstone go (the grace still
+            // does). The arcs are cleared, and with them every confirmation.
+            let changing = self.membership.next_ring().is_some();
+            collector.set_arcs(self.membership.me(), if changing { &[] } else { &arcs });
+        }
         let mut state = self.state();
         let kept: BTreeMap<Token, ArcStatus> = arcs
             .iter()
@@ -287,24 +318,8 @@ impl AntiEntropy {
         throttle: &mut Throttle,
     ) -> Result<(), Stop> {
         for chunk in shared.chunks(MAX_ARCS_PER_REQUEST) {
-            let theirs = match self
-                .call(
-                    peer,
-                    PeerRequest::TreeRoots {
-                        arcs: chunk.to_vec(),
-                    },
-                )
-                .await?
-            {
-                PeerResponse::Roots { roots } if roots.len() == chunk.len() => roots,
-                other => {
-                    return Err(Stop::Peer(format!(
-                        "unexpected answer to TreeRoots: {other:?}"
-                    )));
-                }
-            };
-            report.exchange_bytes += 9 * theirs.len() as u64;
-            let mine = self.node.tree_roots(chunk);
+            let (theirs, mine) = self.compare_roots(peer, chunk, report).await?;
+            let mut repaired_arcs = Vec::new();
             for ((arc, mine), theirs) in chunk.iter().zip(mine).zip(theirs) {
                 let (Some(mine), Some(theirs)) = (mine, theirs) else {
                     continue; // One side has no tree of it (another ring view).
@@ -314,12 +329,58 @@ impl AntiEntropy {
                     report.arcs_differing += 1;
                     let repaired = self.sync_arc(peer, *arc, report, throttle).await?;
                     self.converged(*arc, repaired);
+                    repaired_arcs.push(*arc);
                 } else {
                     self.converged(*arc, 0);
                 }
             }
+            // With tombstone GC, compare the repaired arcs once more: equal now, they
+            // are confirmed without waiting for the next round with this peer (by
+            // when, on a busy arc, something else will have changed).
+            if self.collector.is_some() && !repaired_arcs.is_empty() {
+                self.compare_roots(peer, &repaired_arcs, report).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Asks `peer` for its roots of `arcs` and reads this node's; with a collector,
+    /// arcs whose roots are equal are confirmations for tombstone GC.
+    async fn compare_roots(
+        &self,
+        peer: &Peer,
+        arcs: &[TokenRange],
+        report: &mut RoundReport,
+    ) -> Result<(Vec<Option<u64>>, Vec<Option<u64>>), Stop> {
+        let theirs = match self
+            .call(
+                peer,
+                PeerRequest::TreeRoots {
+                    arcs: arcs.to_vec(),
+                },
+            )
+            .await?
+        {
+            PeerResponse::Roots { roots } if roots.len() == arcs.len() => roots,
+            other => {
+                return Err(Stop::Peer(format!(
+                    "unexpected answer to TreeRoots: {other:?}"
+                )));
+            }
+        };
+        report.exchange_bytes += 9 * theirs.len() as u64;
+        // Read after the peer's answer: equal roots mean the peer held, durably,
+        // what this node holds at `stamp`.
+        let (mine, stamp) = self.node.tree_roots_stamped(arcs);
+        if let Some(collector) = &self.collector {
+            let at_ms = self.node.monotonic_ms();
+            for ((arc, mine), theirs) in arcs.iter().zip(&mine).zip(&theirs) {
+                if mine.is_some() && mine == theirs {
+                    collector.confirm(*arc, peer.id, stamp, at_ms);
+                }
+            }
+        }
+        Ok((theirs, mine))
     }
 
     fn converged(&self, arc: TokenRange, repaired: u64) {
@@ -451,6 +512,7 @@ impl AntiEntropy {
                         spawner: self.spawner.clone(),
                         peer: peer.clone(),
                         timeout: self.settings.request_timeout,
+                        collector: self.collector.clone(),
                     };
                     let call: BoxFuture<Result<Moved, Stop>> =
                         Box::pin(sync.run(key.clone(), *they_have_it));
@@ -464,8 +526,9 @@ impl AntiEntropy {
                 let moved = moved?;
                 report.keys_pulled += u64::from(moved.pulled);
                 report.keys_pushed += u64::from(moved.pushed);
+                report.keys_collected += u64::from(moved.collected);
                 moved_bytes += moved.bytes;
-                repaired += 1;
+                repaired += u64::from(!moved.collected);
             }
             report.record_bytes += moved_bytes;
             if let Some(wait) = throttle.moved(moved_bytes, self.node.monotonic_ms()) {
@@ -485,6 +548,8 @@ const KEYS_AT_ONCE: usize = 32;
 struct Moved {
     pulled: bool,
     pushed: bool,
+    /// Forgotten here (tombstone GC) instead of pushed.
+    collected: bool,
     bytes: u64,
 }
 
@@ -495,6 +560,7 @@ struct KeySync {
     spawner: Arc<dyn Spawn>,
     peer: Peer,
     timeout: Duration,
+    collector: Option<Arc<Collector>>,
 }
 
 impl KeySync {
@@ -503,6 +569,24 @@ impl KeySync {
             .call(&self.peer, request, self.timeout)
             .await
             .map_err(|error| Stop::Peer(error.to_string()))
+    }
+
+    /// Whether `pulled` holds only tombstones that this node, holding nothing of
+    /// `key`, would forget as soon as it stored them: then it is not stored (the
+    /// peer forgets it or pushes it, by its own judgement).
+    async fn would_forget_at_once(&self, key: &Key, pulled: &Record) -> Result<bool, Stop> {
+        let Some(collector) = &self.collector else {
+            return Ok(false);
+        };
+        if collector.reason(key, pulled).is_none() {
+            return Ok(false);
+        }
+        let (node, k) = (self.node.clone(), key.clone());
+        match offload(self.spawner.as_ref(), move || node.read_own(&k)).await {
+            Some(Ok(held)) => Ok(held.is_none()),
+            Some(Err(error)) => Err(Stop::Local(error.to_string())),
+            None => Err(Stop::Local("shutting down".into())),
+        }
     }
 
     /// Pulls the peer's record of `key` (if it has one) into this replica, then
@@ -523,6 +607,9 @@ impl KeySync {
                     moved.bytes += bytes.len() as u64;
                     let record = Record::decode(&bytes)
                         .map_err(|error| Stop::Peer(format!("a bad record: {error}")))?;
+                    if self.would_forget_at_once(&key, &record).await? {
+                        return Ok(moved);
+                    }
                     let (node, pulled, k) = (self.node.clone(), record.clone(), key.clone());
                     let merged =
                         offload(self.spawner.as_ref(), move || node.replicate(&k, &pulled)).await;
@@ -549,6 +636,25 @@ impl KeySync {
         };
         if theirs.as_ref() == Some(&mine) {
             return Ok(moved);
+        }
+        if !they_have_it
+            && let Some(collector) = &self.collector
+            && let Some(reason) = collector.reason(&key, &mine)
+        {
+            // The peer forgot it (or never had it), and this node may forget it too.
+            let (collector, k) = (collector.clone(), key.clone());
+            match offload(self.spawner.as_ref(), move || {
+                collector.forget(vec![(k, mine, reason)])
+            })
+            .await
+            {
+                Some(Ok(_)) => {
+                    moved.collected = true;
+                    return Ok(moved);
+                }
+                Some(Err(error)) => return Err(Stop::Local(error.to_string())),
+                None => return Err(Stop::Local("shutting down".into())),
+            }
         }
         let record = Bytes::from(mine.encode());
         moved.bytes += record.len() as u64;

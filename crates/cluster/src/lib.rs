@@ -19,6 +19,10 @@
 //! * `topology`: join and decommission, streaming ranges between nodes while both
 //!   the current and the next ring take writes.
 //! * `gather`: wait for the first k of several calls without spawning.
+//! * `tombstone`: tombstone GC, by acknowledgement (anti-entropy confirmed every
+//!   replica holds the record) or by grace; `Collector` decides and forgets.
+//! * `purge`: the background sweep that purges expired versions and forgets
+//!   collectable tombstone-only records, a page at a time.
 
 pub mod antientropy;
 pub mod clock;
@@ -27,8 +31,10 @@ mod gather;
 pub mod handoff;
 pub mod membership;
 pub mod node;
+pub mod purge;
 pub mod quorum;
 pub mod replica;
+pub mod tombstone;
 pub mod topology;
 pub mod transport;
 

@@ -7,6 +7,7 @@
 //!
 //! All methods block on storage: callers on an async runtime run them off it.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ use ringkv_core::{
 use ringkv_storage::{Engine, Hint, HintStats, StorageError, SyncWait};
 
 use crate::Clock;
+
+mod collection;
+
+use collection::ArcChanges;
 
 /// What a write stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +69,8 @@ pub enum NodeError {
     TooManySiblings { siblings: usize },
     #[error("this node already holds {held_bytes} bytes of hints (max_hints_bytes = {max_bytes})")]
     HintsFull { held_bytes: u64, max_bytes: u64 },
+    #[error("stored metadata {name} is corrupt ({len} bytes)")]
+    CorruptMetadata { name: &'static str, len: usize },
 }
 
 /// Most versions (siblings, tombstones included) a client write may leave on a key.
@@ -104,6 +111,14 @@ pub struct Node {
     /// Merkle trees of the arcs this node replicates (anti-entropy), kept up to date
     /// by every write; empty until `rebuild_trees`.
     trees: Mutex<Forest>,
+    /// When each arc of `trees` last changed (tombstone GC by acknowledgement).
+    /// Locked only while `trees` is held, so the two always agree.
+    changes: Mutex<ArcChanges>,
+    /// Every counter of `actor` in a record this node forgot is at most this: new
+    /// writes are numbered above it (see `DvvSet::update_above`).
+    dot_floor: AtomicU64,
+    /// Held while the dot floor is raised (stored, then set).
+    floor_raise: Mutex<()>,
 }
 
 /// About the encoded size of a record: its bodies plus a little per version.
@@ -141,6 +156,9 @@ impl Node {
             policy,
             max_hints_bytes: u64::MAX,
             trees: Mutex::new(Forest::default()),
+            changes: Mutex::new(ArcChanges::default()),
+            dot_floor: AtomicU64::new(0),
+            floor_raise: Mutex::new(()),
         }
     }
 
@@ -170,6 +188,7 @@ impl Node {
             if let Some(new) = &stored {
                 trees.toggle(key.token(), digest(key, new));
             }
+            self.changes().touch(trees.position(key.token()));
         }
         Ok(stored)
     }
@@ -197,7 +216,9 @@ impl Node {
                 }
             }
         }
-        *self.trees.lock().expect("tree lock is never poisoned") = forest;
+        let mut trees = self.trees.lock().expect("tree lock is never poisoned");
+        self.changes().rebuilt(forest.trees().len());
+        *trees = forest;
         Ok(())
     }
 
@@ -462,7 +483,7 @@ impl Node {
                 expires_at_ms,
                 body: body.clone(),
             };
-            let dot = record.update(&seen, self.actor, sibling);
+            let dot = record.update_above(&seen, self.actor, self.dot_floor(), sibling);
             if record.len() > MAX_SIBLINGS {
                 // Refused, nothing stored: the record would only keep growing.
                 too_many = Some(record.len() - 1);

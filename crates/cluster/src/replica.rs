@@ -57,7 +57,7 @@ impl From<NodeError> for PeerError {
                     message: error.to_string(),
                 }
             }
-            NodeError::Storage(_) => PeerError::Internal {
+            NodeError::Storage(_) | NodeError::CorruptMetadata { .. } => PeerError::Internal {
                 message: error.to_string(),
             },
         }
@@ -182,9 +182,16 @@ impl Node {
                         arcs.len()
                     )));
                 }
-                ReplicaReply::now(PeerResponse::Roots {
-                    roots: self.tree_roots(&arcs),
-                })
+                // Answered once durable: the roots include writes applied but not yet
+                // synced, and a peer that sees them equal to its own may forget
+                // tombstones on the strength of it (tombstone GC by acknowledgement).
+                // A crash must not take back what the answer showed.
+                ReplicaReply {
+                    response: PeerResponse::Roots {
+                        roots: self.tree_roots(&arcs),
+                    },
+                    durable: Some(self.sync()),
+                }
             }
             PeerRequest::TreeHashes { arc, child } => {
                 let hashes = self

@@ -229,16 +229,48 @@ impl<T: Clone + Ord> DvvSet<T> {
     /// dot is in `seen` and is concurrent with the rest. Returns the new dot, which
     /// is higher than any dot of `actor` in `self` or `seen`.
     pub fn update(&mut self, seen: &Context, actor: ActorId, value: T) -> Dot {
-        let top = self.context.max_counter(actor).max(seen.max_counter(actor));
+        self.update_above(seen, actor, 0, value)
+    }
+
+    /// `update`, with the new dot also above `floor`, and every dot `(actor, 1..=floor)`
+    /// added to the context without superseding a value held here.
+    ///
+    /// Why: once a node forgets a key (tombstone GC), its record no longer says which
+    /// counters `actor` issued for the key, and a plain `update` would issue them
+    /// again while other replicas or clients still know them: the new write would be
+    /// taken for the old, deleted one. `floor` is at least every counter of `actor` in
+    /// any record the node forgot; those events are all dead (superseded or
+    /// tombstones), so claiming them seen hides nothing alive, and folding them into
+    /// the version vector keeps the context one entry, not a cloud of gaps.
+    pub fn update_above(&mut self, seen: &Context, actor: ActorId, floor: u64, value: T) -> Dot {
+        let top = self
+            .context
+            .max_counter(actor)
+            .max(seen.max_counter(actor))
+            .max(floor);
         let dot = Dot {
             actor,
             counter: top.saturating_add(1),
         };
         self.values.retain(|dot, _| !seen.contains(*dot));
         self.context.join(seen);
+        if floor > 0 {
+            self.context
+                .join(&Context::from_parts([(actor, floor)], []));
+        }
         self.context.insert(dot);
         self.values.insert(dot, value);
         dot
+    }
+
+    /// Rewrites values in place under their dots (the context is untouched, so the
+    /// invariant holds). `change` returns whether it changed the value.
+    pub fn change_values(&mut self, mut change: impl FnMut(Dot, &mut T) -> bool) -> usize {
+        let mut changed = 0;
+        for (dot, value) in &mut self.values {
+            changed += usize::from(change(*dot, value));
+        }
+        changed
     }
 }
 
@@ -330,6 +362,30 @@ mod tests {
             let merged = synced(&a, &b);
             prop_assert!(merged.values().any(|(d, _)| d == da));
             prop_assert!(merged.values().any(|(d, _)| d == db));
+        }
+
+        /// A write above a floor gets a dot above the floor, claims every dot of its
+        /// actor up to the floor, and drops only what it saw: a blind one keeps every
+        /// value, even one of its own actor below the floor.
+        #[test]
+        fn a_write_above_a_floor_claims_the_floor_and_supersedes_only_what_it_saw(
+            r in history(), floor in 0u64..40, pick in 0usize..3,
+        ) {
+            let mut target = r[0].clone();
+            let before: Vec<Dot> = target.values().map(|(d, _)| d).collect();
+            let seen = if pick == 0 { Context::default() } else { r[pick].context().clone() };
+            let actor = ActorId(1);
+            let new = target.update_above(&seen, actor, floor, 999);
+            prop_assert!(new.counter > floor);
+            prop_assert!(new.counter > r[0].context().max_counter(actor));
+            for counter in 1..=floor {
+                let claimed = Dot { actor, counter };
+                prop_assert!(target.context().contains(claimed));
+            }
+            for d in before {
+                let kept = target.values().any(|(x, _)| x == d);
+                prop_assert_eq!(kept, !seen.contains(d));
+            }
         }
 
         /// A value is never dropped by a merge with someone who has not seen it.

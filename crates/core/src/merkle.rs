@@ -140,12 +140,18 @@ impl Forest {
         Some(&self.trees[index]).filter(|tree| tree.range() == range)
     }
 
-    /// `RangeTree::toggle` on the tree holding `token`; false when none does.
-    pub fn toggle(&mut self, token: Token, digest: u64) -> bool {
+    /// The index (in `trees()`) of the tree whose range holds `token`.
+    pub fn position(&self, token: Token) -> Option<usize> {
         let index = self
             .trees
-            .partition_point(|tree| tree.range().start <= token);
-        match index.checked_sub(1) {
+            .partition_point(|tree| tree.range().start <= token)
+            .checked_sub(1)?;
+        self.trees[index].range().contains(token).then_some(index)
+    }
+
+    /// `RangeTree::toggle` on the tree holding `token`; false when none does.
+    pub fn toggle(&mut self, token: Token, digest: u64) -> bool {
+        match self.position(token) {
             Some(index) => self.trees[index].toggle(token, digest),
             None => false,
         }
@@ -200,6 +206,10 @@ mod tests {
         assert!(!forest.toggle(Token(10), 3));
         assert!(!forest.toggle(Token(200), 3));
         assert!(!forest.toggle(Token(u128::MAX), 3));
+        assert_eq!(forest.position(Token(150)), Some(1));
+        assert_eq!(forest.position(Token(0)), Some(0));
+        assert_eq!(forest.position(Token(200)), None);
+        assert_eq!(forest.position(Token(500)), Some(2));
         assert_eq!(forest.tree(range(100, 199)).map(RangeTree::root), Some(7));
         assert_eq!(forest.tree(range(0, 9)).map(RangeTree::root), Some(1));
         assert_eq!(forest.tree(range(100, 198)), None);

@@ -1,18 +1,29 @@
-//! A node's background loops (DESIGN.md §6): gossip, hinted handoff, anti-entropy.
-//! Each runs one round per interval until shutdown; a round in progress is dropped
-//! at shutdown (every round is safe to interrupt: the next start redoes it).
+//! A node's background loops (DESIGN.md §6): gossip, hinted handoff, anti-entropy,
+//! the purge sweep. Each runs one round per interval until shutdown; a round in
+//! progress is dropped at shutdown (every round is safe to interrupt: the next
+//! start redoes it).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringkv_cluster::Peer;
 use ringkv_cluster::antientropy::AntiEntropy;
 use ringkv_cluster::handoff::Handoff;
 use ringkv_cluster::membership::Membership;
+use ringkv_cluster::purge::{Purge, PurgeSettings};
+use ringkv_cluster::{Clock, Peer};
+use ringkv_storage::Engine;
 use tokio_util::sync::CancellationToken;
 
-use crate::rpc;
+use crate::{Config, alive, rpc};
+
+/// How much one purge round reads: 64 Ki records in pages of 512 (one blocking
+/// storage call each), so a round stays short and a sweep of N records takes
+/// N / 64 Ki rounds.
+pub(crate) const PURGE_SETTINGS: PurgeSettings = PurgeSettings {
+    page_keys: 512,
+    keys_per_round: 65_536,
+};
 
 /// Runs `round(n)` for n = 0, 1, … once per `interval`, the first at `first`
 /// after start (rounds that overrun delay the next, never pile up), until
@@ -64,6 +75,40 @@ pub(crate) async fn anti_entropy(
     .await;
 }
 
+/// The period of purge rounds: `purge_interval_ms`, or half of
+/// `tombstone_gc_grace_ms` if that is shorter, because every round also refreshes
+/// the alive stamp a restart is judged by (`alive`): a node stopped just before its
+/// next stamp must not look away for longer than it was.
+pub(crate) fn purge_interval(config: &Config) -> Duration {
+    Duration::from_millis(
+        config
+            .purge_interval_ms
+            .min(config.tombstone_gc_grace_ms / 2)
+            .max(1),
+    )
+}
+
+/// One purge round per `interval` (the first one interval after start, once
+/// anti-entropy may have confirmed something), each followed by the alive stamp.
+pub(crate) async fn purge(
+    purge: Arc<Purge>,
+    engine: Arc<dyn Engine>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    every(interval, interval, shutdown, |_| async {
+        purge.round().await;
+        let (engine, now_ms) = (engine.clone(), clock.now_ms());
+        match tokio::task::spawn_blocking(move || alive::stamp(engine.as_ref(), now_ms)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!("cannot store the alive stamp: {error}"),
+            Err(error) => tracing::warn!("alive stamp task failed: {error}"),
+        }
+    })
+    .await;
+}
+
 /// One gossip round per interval (`Membership::gossip_round`), and every tenth
 /// round an exchange with a seed too (so a node cut off from every member finds its
 /// way back).
@@ -108,6 +153,21 @@ mod tests {
             bytes_per_round(u64::MAX, Duration::from_secs(3_600)),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn purge_rounds_come_at_least_twice_per_grace() {
+        let config = |purge_interval_ms, tombstone_gc_grace_ms| Config {
+            purge_interval_ms,
+            tombstone_gc_grace_ms,
+            ..Config::default()
+        };
+        assert_eq!(purge_interval(&Config::default()), Duration::from_secs(60));
+        assert_eq!(
+            purge_interval(&config(60_000, 1_000)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(purge_interval(&config(60_000, 1)), Duration::from_millis(1));
     }
 
     #[tokio::test]

@@ -181,6 +181,8 @@ keys! {
     request_timeout_ms: u64 = 2000, MS, "MS";
     /// How long tombstones are kept before purge [default: 864000000, 10 days].
     tombstone_gc_grace_ms: u64 = 864_000_000, MS, "MS";
+    /// Period of the purge sweep (expired values, collectable tombstones) [default: 60000].
+    purge_interval_ms: u64 = 60_000, MS, "MS";
     /// Longest key, 1..=32KiB [default: 8KiB].
     max_key_bytes: usize = 8192, Num::size(ringkv_core::MAX_KEY_BYTES as u64), "SIZE";
     /// Longest value, 1..=1GiB [default: 16MiB].

@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use ringkv_cluster::antientropy::AntiEntropy;
 use ringkv_cluster::coordinator::{Coordinator, CoordinatorError};
 use ringkv_cluster::membership::RemoveError;
+use ringkv_cluster::purge::Purge;
 use ringkv_cluster::topology::Topology;
 use ringkv_cluster::{Node, Quorum, Write, WriteBody};
 use ringkv_core::{Body, Key, Limits, Member, MemberState, ReadView, Sibling};
@@ -41,6 +42,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub anti_entropy: Arc<AntiEntropy>,
     pub topology: Arc<Topology>,
+    pub purge: Arc<Purge>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -139,6 +141,7 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
         .collect();
     let now_ms = app.node.now_ms();
     let streaming = app.topology.progress();
+    let purge = app.purge.totals();
     Json(json!({
         "node_id": app.node_id,
         "streaming": {
@@ -149,6 +152,16 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
             "bytes": streaming.bytes,
             "took_ms": streaming.took_ms,
             "retrying": streaming.retrying,
+        },
+        "purge": {
+            "rounds": purge.rounds,
+            "sweeps": purge.sweeps,
+            "keys_scanned": purge.keys_scanned,
+            "ttl_purged": purge.ttl_purged,
+            "tombstones_purged": {
+                "ack": purge.tombstones_purged.ack,
+                "grace": purge.tombstones_purged.grace,
+            },
         },
         "anti_entropy": {
             "rounds": totals.rounds,

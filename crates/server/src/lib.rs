@@ -3,8 +3,10 @@
 //! It is: configuration (`config`), the HTTP API (`http`, `request`, `error`),
 //! the internal RPC over TCP (`rpc`) and what this node answers on it (`peer`),
 //! metrics (`metrics`), the node's identity (`identity`: ids, generation, ring
-//! tokens), the loops of gossip, hinted handoff and anti-entropy (`background`),
-//! and start-up, joining and graceful shutdown (`Server`). It is not: node logic
+//! tokens), when it was last alive (`alive`: a node away longer than the tombstone
+//! GC grace refuses to start over its old data), the loops of gossip, hinted
+//! handoff, anti-entropy and the purge sweep (`background`), and start-up, joining
+//! and graceful shutdown (`Server`). It is not: node logic
 //! (that is `ringkv-cluster`) or storage (`ringkv-storage`); handlers only parse,
 //! call the node off the async runtime, and answer.
 //!
@@ -12,6 +14,7 @@
 //! escapes) and refused with 413 before they are buffered whole; keys by
 //! `max_key_bytes`; a graceful shutdown waits at most `http::SHUTDOWN_GRACE`.
 
+pub mod alive;
 mod background;
 pub mod blocking;
 pub mod config;
@@ -31,6 +34,8 @@ use ringkv_cluster::antientropy::{AntiEntropy, AntiEntropySettings};
 use ringkv_cluster::coordinator::{Coordinator, Settings};
 use ringkv_cluster::handoff::{Handoff, HandoffSettings};
 use ringkv_cluster::membership::{Detector, Membership};
+use ringkv_cluster::purge::Purge;
+use ringkv_cluster::tombstone::{Collector, TombstoneGc};
 use ringkv_cluster::topology::{Topology, TopologySettings};
 use ringkv_cluster::{Clock, Node, Peer, Spawn, TransportError};
 use ringkv_core::ring::allocate_tokens;
@@ -52,6 +57,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Alive(#[from] alive::AliveError),
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         name: &'static str,
@@ -123,6 +130,21 @@ impl Server {
             .await
             .map_err(|error| StartError::Task(error.to_string()))??
         };
+        {
+            let (engine, dir) = (engine.clone(), config.data_dir.clone());
+            let (grace_ms, node_id) = (config.tombstone_gc_grace_ms, identity.node_id);
+            tokio::task::spawn_blocking(move || {
+                alive::check_and_stamp(
+                    engine.as_ref(),
+                    SystemClock.now_ms(),
+                    grace_ms,
+                    node_id,
+                    &dir,
+                )
+            })
+            .await
+            .map_err(|error| StartError::Task(error.to_string()))??;
+        }
         let me = NodeId(identity.node_id);
         let peer_listener = TcpListener::bind(config.peer_addr)
             .await
@@ -162,6 +184,13 @@ impl Server {
             )
             .with_max_hints_bytes(config.max_hints_bytes),
         );
+        {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || node.restore_dot_floor())
+                .await
+                .map_err(|error| StartError::Task(error.to_string()))?
+                .map_err(|error| StartError::Task(format!("cannot load the dot floor: {error}")))?;
+        }
         let mut member = Member {
             id: me,
             generation,
@@ -434,20 +463,44 @@ impl Server {
             shutdown.clone(),
         ));
         let anti_entropy_interval = Duration::from_millis(config.anti_entropy_interval_ms);
-        let anti_entropy = Arc::new(AntiEntropy::new(
+        let collector = Arc::new(Collector::new(
             node.clone(),
-            membership.clone(),
-            transport.clone(),
-            spawner.clone(),
-            AntiEntropySettings {
-                replication_factor: config.replication_factor,
-                bytes_per_sec: config.streaming_bytes_per_sec,
-                request_timeout: timeout,
-            },
+            TombstoneGc::from_settings(
+                Duration::from_millis(config.tombstone_gc_grace_ms),
+                Duration::from_millis(config.hint_ttl_ms),
+                timeout,
+            ),
         ));
+        let anti_entropy = Arc::new(
+            AntiEntropy::new(
+                node.clone(),
+                membership.clone(),
+                transport.clone(),
+                spawner.clone(),
+                AntiEntropySettings {
+                    replication_factor: config.replication_factor,
+                    bytes_per_sec: config.streaming_bytes_per_sec,
+                    request_timeout: timeout,
+                },
+            )
+            .with_collector(collector.clone()),
+        );
         tasks.spawn(background::anti_entropy(
             anti_entropy.clone(),
             anti_entropy_interval,
+            shutdown.clone(),
+        ));
+        let purge = Arc::new(Purge::new(
+            node.clone(),
+            spawner.clone(),
+            Some(collector),
+            background::PURGE_SETTINGS,
+        ));
+        tasks.spawn(background::purge(
+            purge.clone(),
+            engine.clone(),
+            Arc::new(SystemClock),
+            background::purge_interval(&config),
             shutdown.clone(),
         ));
 
@@ -466,6 +519,7 @@ impl Server {
             metrics: metrics.clone(),
             anti_entropy,
             topology,
+            purge,
         });
         let app = http::router(state);
         let http = {

@@ -26,14 +26,17 @@ struct Pending {
 
 /// One node's disk; it outlives the node's incarnations.
 pub struct SimDisk {
+    /// The node it belongs to.
+    index: usize,
     memory: Arc<MemoryEngine>,
     pending: Arc<Mutex<Pending>>,
     sim: Weak<Sim>,
 }
 
 impl SimDisk {
-    pub fn new(sim: &Arc<Sim>) -> SimDisk {
+    pub fn new(sim: &Arc<Sim>, index: usize) -> SimDisk {
         SimDisk {
+            index,
             memory: Arc::new(MemoryEngine::new()),
             pending: Arc::new(Mutex::new(Pending {
                 epoch: 0,
@@ -89,6 +92,31 @@ impl Engine for SimDisk {
 
     fn delete(&self, key: &Key) -> Result<(), StorageError> {
         self.memory.delete(key)
+    }
+
+    /// Also notes what was forgotten in the run's ground truth (`Core::forgotten`).
+    fn remove_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError> {
+        let removed = self.memory.remove_if(key, expected)?;
+        if removed && let Some(sim) = self.sim.upgrade() {
+            let mut core = lock(&sim.core);
+            let at = core.now;
+            core.trace.log(
+                at,
+                &format!(
+                    "n{} forgets {} ({} tombstones)",
+                    self.index,
+                    key.to_escaped(),
+                    expected.len()
+                ),
+            );
+            core.forgotten.push(crate::sim::Forgotten {
+                node: self.index,
+                key: key.to_bytes(),
+                record: expected.clone(),
+                at,
+            });
+        }
+        Ok(removed)
     }
 
     fn sync(&self) -> SyncWait {

@@ -3,8 +3,9 @@
 //! prints runs/s and each failing seed;
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
 //! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
-//! `--canary-version` / `--canary-hints` / `--canary-ae` / `--canary-join` plant a
-//! known bug (see `Canary`).
+//! `--canary-version` / `--canary-hints` / `--canary-ae` / `--canary-join` /
+//! `--canary-gc` plant a known bug (see `Canary`). `--gc` runs tombstone GC in
+//! every seed (normally one in four, `gc_for`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ struct Args {
     ops: Option<usize>,
     keys: Option<usize>,
     drop: Option<u32>,
+    gc: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -39,6 +41,7 @@ fn parse() -> Result<Args, String> {
         ops: None,
         keys: None,
         drop: None,
+        gc: false,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -84,6 +87,8 @@ fn parse() -> Result<Args, String> {
             "--canary-hints" => args.canary = Canary::ForgetHintsBeforeAck,
             "--canary-ae" => args.canary = Canary::AntiEntropySkipsRange,
             "--canary-join" => args.canary = Canary::JoinWithoutStreaming,
+            "--canary-gc" => args.canary = Canary::CollectTombstonesAtOnce,
+            "--gc" => args.gc = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -99,6 +104,11 @@ fn config(seed: u64, args: &Args) -> Config {
     };
     config.canary = args.canary;
     config.anti_entropy = !args.no_anti_entropy;
+    if args.gc {
+        config.tombstone_gc = Some(ringkv_sim::SHORT_GC);
+        config.hints = false;
+        config.workload.clock_jumps = false;
+    }
     if let Some(per_mille) = args.drop {
         config.drop_per_mille = per_mille;
     }
@@ -143,13 +153,15 @@ fn summary(report: &Report, nodes: usize) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "seed {} nodes {nodes} {:?}: {} requests ({} writes acked, {} failed), {} virtual ms, \
-         {} steps, fingerprint {:016x}",
+        "seed {} nodes {nodes} {:?}: {} requests ({} writes acked, {} failed), {} records \
+         forgotten ({} under faults), {} virtual ms, {} steps, fingerprint {:016x}",
         report.seed,
         report.policy,
         report.history.len(),
         report.acked_writes(),
         report.failed(),
+        report.forgotten,
+        report.forgotten_under_faults,
         report.virtual_ms,
         report.steps,
         report.fingerprint

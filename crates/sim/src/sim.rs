@@ -105,6 +105,10 @@ pub enum Canary {
     AntiEntropySkipsRange,
     /// A joining node serves its ranges at once, without streaming them first.
     JoinWithoutStreaming,
+    /// Tombstone GC forgets every tombstone-only record at once, without waiting
+    /// for anti-entropy to confirm the other replicas hold it, or for any floor:
+    /// a replica that missed the delete brings the value back.
+    CollectTombstonesAtOnce,
 }
 
 /// The network's knobs and who can talk to whom.
@@ -195,6 +199,16 @@ pub struct Core {
     /// When background work (gossip, handoff) stops: `None` once the clients are
     /// done (the workload phase), `Some(t)` at virtual time t (after heal).
     pub background_until: Option<u64>,
+    /// Tombstone GC of the run (`None`: the purge sweep only purges expired values).
+    pub tombstone_gc: Option<ringkv_cluster::tombstone::TombstoneGc>,
+    /// Whether nodes store hints (sloppy quorum); `Config::hints`.
+    pub hinting: bool,
+    /// Every record a node forgot (tombstone GC), in order: the ground truth that
+    /// tells a forgotten delete from a lost write.
+    pub forgotten: Vec<Forgotten>,
+    /// The highest wall-clock reading of any node so far, as (virtual ms, wall ms)
+    /// steps: a version expired by any clock may have been purged everywhere since.
+    pub wall_high: Vec<(u64, u64)>,
     /// Each node slot's place in the cluster.
     pub slots: Vec<Slot>,
     /// Whether a join, decommission or removal happened (nodes may then hold
@@ -219,6 +233,16 @@ impl Core {
             Some(until) => self.now >= until,
         }
     }
+}
+
+/// A record a node forgot (tombstone GC), seen by its disk.
+#[derive(Debug, Clone)]
+pub struct Forgotten {
+    pub node: usize,
+    pub key: bytes::Bytes,
+    pub record: ringkv_core::Record,
+    /// Virtual ms.
+    pub at: u64,
 }
 
 /// A hint as a node stored it.
@@ -292,6 +316,10 @@ impl Sim {
                 background_until: None,
                 slots: vec![Slot::Member; nodes],
                 topology_changed: false,
+                tombstone_gc: None,
+                hinting: true,
+                forgotten: Vec::new(),
+                wall_high: Vec::new(),
             }),
             ready: ReadyQueue::default(),
             nodes: Mutex::new(vec![None; nodes]),
@@ -349,6 +377,14 @@ impl Sim {
 }
 
 impl Core {
+    /// Notes the nodes' wall clocks at virtual time `now` (`wall_high`).
+    pub fn note_walls(&mut self, now: u64, walls: impl IntoIterator<Item = u64>) {
+        let top = walls.into_iter().max().unwrap_or(0);
+        if self.wall_high.last().is_none_or(|(_, high)| top > *high) {
+            self.wall_high.push((now, top));
+        }
+    }
+
     pub fn schedule(&mut self, at: u64, event: Event) {
         self.seq += 1;
         self.events.insert((at.max(self.now), self.seq), event);

@@ -12,6 +12,8 @@ use ringkv_cluster::antientropy::{AntiEntropy, AntiEntropySettings};
 use ringkv_cluster::coordinator::{Coordinator, Settings};
 use ringkv_cluster::handoff::{Handoff, HandoffSettings};
 use ringkv_cluster::membership::{Detector, Liveness, Membership};
+use ringkv_cluster::purge::{Purge, PurgeSettings};
+use ringkv_cluster::tombstone::{Collector, TombstoneGc};
 use ringkv_cluster::{BoxFuture, Clock, ManualClock, Node, Peer, Transport};
 use ringkv_core::ring::{Ring, allocate_tokens};
 use ringkv_core::wire::PeerRequest;
@@ -43,12 +45,23 @@ pub struct WorldConfig {
     pub policy: ConflictPolicy,
     /// The last `spares` node slots start outside the cluster (they may join).
     pub spares: usize,
+    /// Tombstone GC of every node (`Core::tombstone_gc`), from the first boot on.
+    pub tombstone_gc: Option<TombstoneGc>,
+    /// Whether nodes store hints (`Core::hinting`), from the first boot on.
+    pub hints: bool,
 }
 
 /// Gossip and handoff rounds, virtual ms.
 pub const GOSSIP_INTERVAL_MS: u64 = 100;
 /// Anti-entropy rounds, virtual ms.
 pub const ANTI_ENTROPY_INTERVAL_MS: u64 = 200;
+/// Purge rounds (expired values, collectable tombstones), virtual ms.
+pub const PURGE_INTERVAL_MS: u64 = 250;
+/// One purge round reads every record of a run (a few keys) in a few pages.
+const PURGE: PurgeSettings = PurgeSettings {
+    page_keys: 4,
+    keys_per_round: 256,
+};
 
 /// The failure detector of every simulated node: short enough that crashes and
 /// partitions make nodes suspicious and down, so sloppy quorum and handoff run.
@@ -59,7 +72,8 @@ pub const DETECTOR: Detector = Detector {
 };
 
 /// A node's clocks: its (skewed, jumping) wall clock, and virtual time as the
-/// monotonic clock the failure detector measures silence with (as `Instant` in
+/// monotonic clock the failure detector measures silence with, and tombstone GC
+/// the settling of its confirmations (as `Instant` in
 /// production: immune to clock jumps).
 struct NodeClock {
     wall: Arc<ManualClock>,
@@ -127,7 +141,7 @@ impl World {
             })
             .collect();
         let engines = (0..config.nodes)
-            .map(|_| Arc::new(SimDisk::new(&sim)))
+            .map(|index| Arc::new(SimDisk::new(&sim, index)))
             .collect();
         let mut world = World {
             sim,
@@ -143,7 +157,10 @@ impl World {
         };
         world.set_clocks(0);
         {
+            // Read by `boot`: set before the first one.
             let mut core = lock(&world.sim.core);
+            core.tombstone_gc = world.config.tombstone_gc;
+            core.hinting = world.config.hints;
             for index in first_spare..world.config.nodes {
                 core.slots[index] = Slot::Spare;
                 core.net.up[index] = false;
@@ -214,7 +231,7 @@ impl World {
             wall: self.clocks[index].clone(),
             sim: Arc::downgrade(&self.sim),
         });
-        let membership = Arc::new(Membership::new(me, clock, DETECTOR));
+        let membership = Arc::new(Membership::new(me, clock.clone(), DETECTOR));
         membership.merge(self.seed_view(index));
         // As `server` starts: a node the cluster says has left (its disk lost
         // since, or the news of it unrecorded) joins again.
@@ -226,12 +243,20 @@ impl World {
             lock(&self.sim.core).slots[index] = Slot::Joining;
             membership.set_my_state(MemberState::Joining);
         }
-        let node = Arc::new(Node::new(
-            self.engines[index].clone(),
-            self.clocks[index].clone(),
-            actor,
-            self.config.policy,
-        ));
+        let hinting = lock(&self.sim.core).hinting;
+        let node = Arc::new(
+            Node::new(
+                self.engines[index].clone(),
+                clock.clone(),
+                actor,
+                self.config.policy,
+            )
+            .with_max_hints_bytes(if hinting { u64::MAX } else { 0 }),
+        );
+        if let Err(error) = node.restore_dot_floor() {
+            self.sim
+                .log(&format!("n{index}: cannot load its dot floor: {error}"));
+        }
         let transport: Arc<dyn Transport> = Arc::new(SimTransport {
             sim: self.sim.clone(),
             from: index,
@@ -317,13 +342,16 @@ impl World {
             .spawn(Owner::Node(index), Box::pin(first_of(change, over)));
     }
 
-    /// Starts node `index`'s background loop (gossip and handoff rounds until
-    /// `Core::background_over`), if it is up.
+    /// Starts node `index`'s background loops (gossip, handoff, anti-entropy and
+    /// purge rounds until `Core::background_over`), if it is up.
     pub fn start_background(&self, index: usize) {
         let Some(sim_node) = self.sim.node(index) else {
             return;
         };
-        let canary = lock(&self.sim.core).canary;
+        let (canary, tombstone_gc) = {
+            let core = lock(&self.sim.core);
+            (core.canary, core.tombstone_gc)
+        };
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let transport = sim_node.coordinator.transport().clone();
         let handoff = Handoff::new(
@@ -341,7 +369,8 @@ impl World {
                 replication_factor: usize::from(self.config.replication_factor),
             },
         );
-        let anti_entropy = AntiEntropy::new(
+        let collector = tombstone_gc.map(|gc| Arc::new(Collector::new(sim_node.node.clone(), gc)));
+        let mut anti_entropy = AntiEntropy::new(
             sim_node.node.clone(),
             sim_node.membership.clone(),
             transport.clone(),
@@ -355,6 +384,18 @@ impl World {
                 request_timeout: timeout,
             },
         );
+        if let Some(collector) = &collector {
+            anti_entropy = anti_entropy.with_collector(collector.clone());
+        }
+        let purge = Arc::new(Purge::new(
+            sim_node.node.clone(),
+            Arc::new(SimSpawn {
+                sim: self.sim.clone(),
+                node: index,
+            }),
+            collector,
+            PURGE,
+        ));
         // Three loops, as the server runs them: a slow anti-entropy round must not
         // hold up the heartbeats.
         let membership = sim_node.membership.clone();
@@ -395,6 +436,12 @@ impl World {
                 })
             });
         }
+        self.spawn_rounds(index, PURGE_INTERVAL_MS, move || {
+            let purge = purge.clone();
+            Box::pin(async move {
+                purge.round().await;
+            })
+        });
     }
 
     /// Runs `round` on node `index` every `interval_ms` until the run says stop
@@ -431,9 +478,15 @@ impl World {
     }
 
     fn set_clocks(&self, now: u64) {
-        for (clock, skew) in self.clocks.iter().zip(&self.skews) {
-            clock.set(EPOCH_MS.saturating_add_signed(*skew) + now);
+        let walls: Vec<u64> = self
+            .skews
+            .iter()
+            .map(|skew| EPOCH_MS.saturating_add_signed(*skew) + now)
+            .collect();
+        for (clock, wall) in self.clocks.iter().zip(&walls) {
+            clock.set(*wall);
         }
+        lock(&self.sim.core).note_walls(now, walls);
     }
 
     pub fn apply(&mut self, fault: Fault) {

@@ -316,6 +316,27 @@ impl Engine for FjallEngine {
         Ok(())
     }
 
+    fn remove_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError> {
+        let stored = storage_key::encode(key);
+        self.write_checked()?;
+        let _locked = self.stripes.lock(key.token());
+        let raw = self
+            .data
+            .get(&stored)
+            .map_err(|error| StorageError::from_fjall("read", error))?;
+        let Some(raw) = raw else {
+            return Ok(false);
+        };
+        if decode_record(key, &raw)? != *expected {
+            return Ok(false);
+        }
+        self.data
+            .remove(stored)
+            .map_err(|error| StorageError::from_fjall("delete", error))?;
+        self.group_commit.record_write();
+        Ok(true)
+    }
+
     fn sync(&self) -> SyncWait {
         self.group_commit.sync()
     }

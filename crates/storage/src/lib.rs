@@ -61,8 +61,8 @@ pub enum Durability {
 /// a blocking thread, never inline in an async task. Used as `Arc<dyn Engine>`.
 ///
 /// Records are ordered by (token, key), so a token range is one contiguous scan.
-/// Writes (`apply`, `merge`, `delete`) are visible to reads at once but durable only
-/// once a `sync` issued after them resolves.
+/// Writes (`apply`, `merge`, `delete`, `remove_if`) are visible to reads at once but
+/// durable only once a `sync` issued after them resolves.
 pub trait Engine: Send + Sync + 'static {
     /// The stored record of `key`, if any.
     ///
@@ -119,6 +119,16 @@ pub trait Engine: Send + Sync + 'static {
     /// # Errors
     /// `Io`, `Poisoned`, `Closed` from the engine.
     fn delete(&self, key: &Key) -> Result<(), StorageError>;
+
+    /// Removes the record of `key` physically if the stored one is still exactly
+    /// `expected` (atomically, under the key's lock): tombstone GC decides on a record
+    /// it read, and a write that landed since must keep the key. Returns whether it
+    /// was removed. Not durable until a later `sync` resolves.
+    ///
+    /// # Errors
+    /// `Corrupt` when the stored record does not decode (then nothing is removed);
+    /// `Io`, `Poisoned`, `Closed`.
+    fn remove_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError>;
 
     /// Durability barrier: resolves once every write applied before this call is
     /// durable per the engine's `Durability`. Await it from async code, or `wait()`.

@@ -161,6 +161,19 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    fn remove_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError> {
+        let stored = storage_key::encode(key);
+        let mut state = self.lock();
+        let Some(raw) = state.live.get(&stored) else {
+            return Ok(false);
+        };
+        if decode_record(key, raw)? != *expected {
+            return Ok(false);
+        }
+        state.write(stored, None);
+        Ok(true)
+    }
+
     fn sync(&self) -> SyncWait {
         let mut state = self.lock();
         let dirty = std::mem::take(&mut state.dirty);

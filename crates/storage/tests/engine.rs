@@ -203,6 +203,24 @@ fn delete_removes_the_record(engine: &dyn Engine) {
     engine.sync().wait().unwrap();
 }
 
+fn remove_if_removes_only_the_record_it_was_given(engine: &dyn Engine) {
+    let k = key("collected");
+    let old = record(1, "a");
+    put(engine, &k, &old);
+    // A write landed since the record was read: it stays.
+    let mut newer = old.clone();
+    newer.sync(&record(2, "b"));
+    put(engine, &k, &newer);
+    assert!(!engine.remove_if(&k, &old).unwrap());
+    assert_eq!(engine.get(&k).unwrap(), Some(newer.clone()));
+    assert!(engine.remove_if(&k, &newer).unwrap());
+    assert_eq!(engine.get(&k).unwrap(), None);
+    assert!(engine.scan(TokenRange::FULL, None, 10).unwrap().is_empty());
+    // Nothing to remove: not an error.
+    assert!(!engine.remove_if(&k, &newer).unwrap());
+    engine.sync().wait().unwrap();
+}
+
 fn meta_round_trips_within_limits(engine: &dyn Engine) {
     assert_eq!(engine.meta_get("node_id").unwrap(), None);
     engine.meta_put("node_id", b"n1").unwrap();
@@ -434,6 +452,10 @@ macro_rules! engine_suite {
             #[test]
             fn delete_removes_the_record() {
                 super::delete_removes_the_record($open().engine.as_ref());
+            }
+            #[test]
+            fn remove_if_removes_only_the_record_it_was_given() {
+                super::remove_if_removes_only_the_record_it_was_given($open().engine.as_ref());
             }
             #[test]
             fn meta_round_trips_within_limits() {

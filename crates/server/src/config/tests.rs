@@ -44,6 +44,7 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!((config.replication_factor, config.vnodes), (3, 256));
     assert_eq!(config.max_value_bytes, 16 * 1024 * 1024);
     assert_eq!(config.tombstone_gc_grace_ms, 10 * 24 * 3600 * 1000);
+    assert_eq!(config.purge_interval_ms, 60_000);
     assert_eq!(config.conflict_policy, ConflictPolicy::Siblings);
 }
 
@@ -107,6 +108,8 @@ fn bad_inputs_are_errors_naming_the_key() {
         "flag --node-id=-1 => node_id|\"-1\"",
         "file gossip_interval_ms = 0 => gossip_interval_ms|\"0\"|(from file /",
         "file hint_ttl_ms = 2592000001 => hint_ttl_ms|1..=2592000000",
+        "flag --purge-interval-ms=0 => purge_interval_ms|flag --purge-interval-ms|1..=2592000000",
+        "env RINGKV_PURGE_INTERVAL_MS=1m => purge_interval_ms|\"1m\"",
         "file max_key_bytes = 32769 => max_key_bytes|1..=32768",
         "file max_value_bytes = \"2GiB\" => max_value_bytes|\"2GiB\"",
         "env RINGKV_MAX_HINTS_BYTES=10 GiBs => max_hints_bytes|\"10 GiBs\"",
@@ -259,7 +262,8 @@ fn to_toml_round_trips() {
         --gossip-interval-ms=10 --suspicion-threshold-ms=20 --down-threshold-ms=30 \
         --permanent-failure-threshold-ms=40 --hint-ttl-ms=50 --max-hints-bytes=6KB \
         --streaming-bytes-per-sec=7MiB --anti-entropy-interval-ms=80 --request-timeout-ms=90 \
-        --tombstone-gc-grace-ms=100 --max-key-bytes=110 --max-value-bytes=120";
+        --tombstone-gc-grace-ms=100 --purge-interval-ms=105 --max-key-bytes=110 \
+        --max-value-bytes=120";
     let flags: Vec<_> = flags.split_whitespace().collect();
     let custom = Config {
         data_dir: PathBuf::from("/var/lib/ringkv \"x\" \\ é"),

@@ -34,8 +34,18 @@
 //! What clients are shown (`views`, both conflict policies, TTL-aware):
 //! * a get with `r + w > N` shows no value an earlier acked write superseded, and
 //!   shows an earlier acked put's value unless it expired (on the reading node's
-//!   clock) or a newer write hides it: one that superseded it, or under LWW one with
-//!   a higher HLC timestamp. After heal the merged record is checked the same way.
+//!   clock, or on the fastest clock so far: any node may have purged it) or a newer
+//!   write hides it: one that superseded it, or under LWW one with a higher HLC
+//!   timestamp. After heal the merged record is checked the same way.
+//!
+//! Purge and tombstone GC (issue 7) change what "still there" means, and the
+//! checkers know it from the ground truth of what nodes forgot (`Forgotten`, seen
+//! by their disks): an expired put may be a tombstone under its own dot; a write
+//! whose dot a forgotten record knew (a tombstone, or superseded) may be gone with
+//! it, from the merged record and from later reads' versions; a tombstone-only
+//! record and none are the same to convergence. What GC may never do is let a value
+//! a delete superseded come back: "no resurrection" above is unchanged, and only
+//! records holding nothing but tombstones may be forgotten.
 
 mod state;
 mod versions;
@@ -46,12 +56,12 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use ringkv_core::{Body, ConflictPolicy, Context, Dot, Key, Record, Sibling};
 
-use crate::sim::Applied;
+use crate::sim::{Applied, Forgotten};
 use crate::workload::{Entry, Op, Outcome};
 
 pub use state::{
     convergence, dots_are_unique, hints_handed_off, no_acked_write_lost, no_invented_values,
-    nothing_superseded_returns, stored,
+    nothing_superseded_returns, only_tombstones_forgotten, stored,
 };
 pub use versions::{no_false_siblings, reads_cover_acked_versions, writes_cover_their_versions};
 pub use views::reads_show_acked_values;
@@ -130,6 +140,12 @@ pub struct Facts<'a> {
     /// When a node lost its disk, if one did: quorum intersection does not hold
     /// across that moment (the wiped replica may be one of the R a read asks).
     pub disk_lost_at: Option<u64>,
+    /// Every record a node forgot (tombstone GC), in order.
+    pub forgotten: &'a [Forgotten],
+    /// The highest wall clock of any node, as (virtual ms, wall ms) steps.
+    pub wall_high: &'a [(u64, u64)],
+    /// The workload keys' bytes, by index.
+    keys: Vec<bytes::Bytes>,
 }
 
 impl<'a> Facts<'a> {
@@ -178,7 +194,34 @@ impl<'a> Facts<'a> {
             by_version,
             puts,
             disk_lost_at: None,
+            forgotten: &[],
+            wall_high: &[],
+            keys: keys.iter().map(Key::to_bytes).collect(),
         }
+    }
+
+    /// The highest wall clock any node showed up to virtual time `at`.
+    pub fn wall_high_at(&self, at: u64) -> u64 {
+        let index = self.wall_high.partition_point(|(when, _)| *when <= at);
+        index
+            .checked_sub(1)
+            .map_or(0, |index| self.wall_high[index].1)
+    }
+
+    /// Whether a version expiring at `expires_at_ms` may be gone for `read`: expired
+    /// by its node's clock, or by the fastest clock until it ended (that node may
+    /// have purged it, and the tombstone spread).
+    pub fn expired_for(&self, expires_at_ms: u64, read: &Observation) -> bool {
+        let end = read.entry.map_or(u64::MAX, |entry| entry.end);
+        expires_at_ms <= read.now_ms.max(self.wall_high_at(end))
+    }
+
+    /// The records of `key` forgotten at or before virtual time `before`.
+    pub fn forgotten_of(&self, key: usize, before: u64) -> impl Iterator<Item = &'a Forgotten> {
+        let bytes = self.keys.get(key).cloned();
+        self.forgotten
+            .iter()
+            .filter(move |gone| gone.at <= before && Some(&gone.key) == bytes.as_ref())
     }
 
     /// Acknowledged writes with the version they returned and what they were sent.
@@ -224,11 +267,12 @@ impl<'a> Facts<'a> {
         self.by_dot.get(&(key, dot)).map_or(&[], Vec::as_slice)
     }
 
-    /// The application that produced the version `dot` holding `sibling`.
+    /// The application that produced the version `dot` holding `sibling` (or whose
+    /// expired value was purged into it: a tombstone with the same HLC and expiry).
     pub fn origin(&self, key: usize, dot: Dot, sibling: &Sibling) -> Option<&'a Applied> {
         self.applications(key, dot)
             .iter()
-            .find(|a| a.sibling.body == sibling.body)
+            .find(|a| a.sibling.body == sibling.body || purged_from(sibling, &a.sibling))
             .copied()
     }
 
@@ -256,6 +300,14 @@ impl<'a> Facts<'a> {
             _ => self.origin(key, dot, sibling).map(|a| &a.seen),
         }
     }
+}
+
+/// Whether `held` is `written` purged: a tombstone under the same HLC and expiry.
+pub fn purged_from(held: &Sibling, written: &Sibling) -> bool {
+    held.is_tombstone()
+        && written.expires_at_ms.is_some()
+        && held.hlc == written.hlc
+        && held.expires_at_ms == written.expires_at_ms
 }
 
 /// Text of a dot.

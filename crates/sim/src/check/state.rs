@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use ringkv_core::{Body, Key, NodeId, Record};
 use ringkv_storage::Engine;
 
-use super::{Facts, body_of, show_dot};
+use super::{Facts, body_of, purged_from, show_dot};
 use crate::exec::lock;
-use crate::sim::{HintStored, Slot};
+use crate::sim::{Forgotten, HintStored, Slot};
 use crate::workload::{Op, Outcome, show};
 use crate::world::World;
 
@@ -22,8 +22,13 @@ pub fn stored(world: &World, key: &Key) -> Vec<Result<Option<Record>, String>> {
 }
 
 /// Hints are handed off: every hint stored durably (`hints`: target, key, record)
-/// is covered by the target's own record (its version includes the hint's).
-pub fn hints_handed_off(world: &World, hints: &[HintStored]) -> Vec<String> {
+/// is covered by the target's own record (its version includes the hint's), or by
+/// a record of the key the target forgot since (tombstone GC).
+pub fn hints_handed_off(
+    world: &World,
+    hints: &[HintStored],
+    forgotten: &[Forgotten],
+) -> Vec<String> {
     let mut violations = Vec::new();
     for HintStored {
         target,
@@ -37,9 +42,17 @@ pub fn hints_handed_off(world: &World, hints: &[HintStored]) -> Vec<String> {
             violations.push(format!("{name}: a hint with an invalid key"));
             continue;
         };
-        let covers = |held: &Option<Result<Option<Record>, _>>| match held {
-            Some(Ok(Some(record))) => record.context().includes(hint.context()),
-            Some(Ok(None)) => hint.is_empty(),
+        // Held by `node`, or forgotten there (tombstone GC) after it held it.
+        let forgot = |node: usize| {
+            forgotten.iter().any(|gone| {
+                gone.node == node
+                    && gone.key == key.as_bytes()
+                    && gone.record.context().includes(hint.context())
+            })
+        };
+        let covers = |node: usize, held: &Option<Result<Option<Record>, _>>| match held {
+            Some(Ok(Some(record))) => record.context().includes(hint.context()) || forgot(node),
+            Some(Ok(None)) => hint.is_empty() || forgot(node),
             _ => false,
         };
         // A hint for a node that left the ring goes to the key's replicas instead;
@@ -55,7 +68,7 @@ pub fn hints_handed_off(world: &World, hints: &[HintStored]) -> Vec<String> {
             for replica in replicas {
                 let index = usize::try_from(replica.0).unwrap_or(usize::MAX);
                 let held = world.engines.get(index).map(|engine| engine.get(&key));
-                if !covers(&held) {
+                if !covers(index, &held) {
                     violations.push(format!(
                         "{name}: a hint for n{target}, which no longer replicates it, (version {}) never reached replica n{index}",
                         show(hint.context()),
@@ -65,7 +78,7 @@ pub fn hints_handed_off(world: &World, hints: &[HintStored]) -> Vec<String> {
             continue;
         }
         let held = world.engines.get(*target).map(|engine| engine.get(&key));
-        let covered = covers(&held);
+        let covered = covers(*target, &held);
         if !covered {
             violations.push(format!(
                 "{name}: a hint for n{target} (version {}) never reached it: it holds {}",
@@ -84,17 +97,32 @@ pub fn hints_handed_off(world: &World, hints: &[HintStored]) -> Vec<String> {
 
 /// Convergence: every replica of a key holds an identical record, and (when
 /// `strict_owners`: the ring never changed) nodes that are not replicas hold
-/// nothing. After a join or a leave, nodes keep copies of ranges they no longer
-/// replicate (nothing reads them; see `cluster::topology`).
+/// nothing; after a join or a leave, nodes keep copies of ranges they no longer
+/// replicate (nothing reads them; see `cluster::topology`). Records are compared
+/// as purged at `horizon_ms` (each replica purges expired versions on its own
+/// clock and schedule) and, when `tombstones_as_absent` (runs with tombstone GC),
+/// a record of tombstones only counts as none: some replicas may have forgotten it
+/// already.
 pub fn convergence(
     world: &World,
     keys: &[Key],
     replicas: &[Vec<NodeId>],
     strict_owners: bool,
+    horizon_ms: u64,
+    tombstones_as_absent: bool,
 ) -> Vec<String> {
     let mut violations = Vec::new();
     for (index, key) in keys.iter().enumerate() {
-        let held = stored(world, key);
+        let held: Vec<Result<Option<Record>, String>> = stored(world, key)
+            .into_iter()
+            .map(|record| {
+                record.map(|record| {
+                    record
+                        .map(|record| record.purge_expired(horizon_ms).unwrap_or(record))
+                        .filter(|record| !(tombstones_as_absent && record.only_tombstones()))
+                })
+            })
+            .collect();
         let owners: BTreeSet<usize> = replicas[index]
             .iter()
             .filter_map(|id| usize::try_from(id.0).ok())
@@ -132,9 +160,12 @@ fn describe(record: &Result<Option<Record>, String>) -> String {
 }
 
 /// No acknowledged write lost. `merged[k]` is the merge of every replica's record of
-/// key k. An acked write's dot must still be a sibling with the write's body, or an
-/// applied write superseded it and the final record knows the dot. Expired versions
-/// are kept (nothing purges them yet), so a TTL is no excuse here.
+/// key k. An acked write's dot must still be a sibling with the write's body (or, for
+/// a put with a TTL, the tombstone its expired value was purged into), or an applied
+/// write superseded it and the final record knows the dot, or a record that knew the
+/// dot was forgotten (tombstone GC: the dot was a tombstone or superseded there;
+/// `only_tombstones_forgotten` checks that). A TTL alone is no excuse: a purged
+/// value keeps its dot.
 pub fn no_acked_write_lost(facts: &Facts, merged: &[Option<Record>]) -> Vec<String> {
     let mut violations = Vec::new();
     for (entry, version, _) in facts.acked() {
@@ -153,13 +184,21 @@ pub fn no_acked_write_lost(facts: &Facts, merged: &[Option<Record>]) -> Vec<Stri
         // The dot must still carry this write's body: a reissued dot (an actor
         // reused after a crash) would hold someone else's value.
         let body = body_of(&entry.op);
-        if record
-            .siblings()
-            .any(|(held, sibling)| held == dot && Some(&sibling.body) == body.as_ref())
-        {
+        if record.siblings().any(|(held, sibling)| {
+            held == dot
+                && (Some(&sibling.body) == body.as_ref() || purged_from(sibling, &applied.sibling))
+        }) {
             continue;
         }
         if facts.superseded(key, dot) && record.context().contains(dot) {
+            continue;
+        }
+        // Forgotten after the write was applied: a record forgotten before cannot
+        // have known its dot (unless the dot was reissued: `dots_are_unique`).
+        if facts
+            .forgotten_of(key, u64::MAX)
+            .any(|gone| gone.at >= applied.at && gone.record.context().contains(dot))
+        {
             continue;
         }
         let what = match &entry.op {
@@ -180,6 +219,25 @@ pub fn no_acked_write_lost(facts: &Facts, merged: &[Option<Record>]) -> Vec<Stri
         ));
     }
     violations
+}
+
+/// Tombstone GC forgets only records that hold nothing but tombstones (deletes and
+/// purged expiries): anything else would drop a live value.
+pub fn only_tombstones_forgotten(forgotten: &[Forgotten]) -> Vec<String> {
+    forgotten
+        .iter()
+        .filter(|gone| !gone.record.only_tombstones())
+        .map(|gone| {
+            format!(
+                "{}: n{} forgot a record with live versions at {} ms: {} versions {}",
+                String::from_utf8_lossy(&gone.key),
+                gone.node,
+                gone.at,
+                gone.record.len(),
+                show(gone.record.context())
+            )
+        })
+        .collect()
 }
 
 /// A dot is issued once (ARCHITECTURE.md): no two writes applied to a key got the
@@ -284,6 +342,8 @@ mod tests {
 
     use ringkv_core::{ActorId, ConflictPolicy, Context, Hlc, Sibling};
 
+    use crate::sim::Forgotten;
+
     use super::super::fixtures::{applied, dot, key, put, record_with};
     use super::super::own_dots;
     use super::*;
@@ -362,6 +422,91 @@ mod tests {
         let violations = no_acked_write_lost(&facts(&history, &truth), &[Some(final_record)]);
         assert_eq!(violations.len(), 1, "only put c is lost: {violations:?}");
         assert!(violations[0].contains("put c"));
+    }
+
+    /// A delete (2:1) that superseded a put (1:1), both acked, then forgotten
+    /// everywhere: neither is lost, as the forgotten record knew both dots. Without
+    /// that ground truth both would be.
+    #[test]
+    fn writes_known_to_a_forgotten_record_are_not_lost() {
+        let put_version = Context::from_parts([(ActorId(1), 1)], []);
+        let delete_version = Context::from_parts([(ActorId(1), 1), (ActorId(2), 1)], []);
+        let mut delete = put("unused", put_version.clone(), delete_version.clone());
+        delete.op = crate::workload::Op::Delete {
+            key: 0,
+            seen: put_version.clone(),
+        };
+        let history = [put("a", Context::default(), put_version.clone()), delete];
+        let mut truth = vec![applied(&history[0], dot(1, 1), 1)];
+        let mut tombstone_write = applied(&history[0], dot(2, 1), 2);
+        tombstone_write.seen = put_version.clone();
+        tombstone_write.version = delete_version;
+        tombstone_write.sibling.body = Body::Tombstone;
+        truth.push(tombstone_write);
+        let lost = no_acked_write_lost(&facts(&history, &truth), &[None]);
+        assert_eq!(lost.len(), 2, "{lost:?}");
+
+        let mut tombstone = record_with("a");
+        tombstone.update(
+            &put_version,
+            ActorId(2),
+            Sibling {
+                hlc: Hlc(2),
+                expires_at_ms: None,
+                body: Body::Tombstone,
+            },
+        );
+        let forgotten = [Forgotten {
+            node: 0,
+            key: key().to_bytes(),
+            record: tombstone,
+            at: 5,
+        }];
+        let mut facts_with = facts(&history, &truth);
+        facts_with.forgotten = &forgotten;
+        assert!(no_acked_write_lost(&facts_with, &[None]).is_empty());
+        assert!(only_tombstones_forgotten(&forgotten).is_empty());
+        // A record forgotten before the writes were applied knew nothing of them.
+        for write in &mut truth {
+            write.at = 6;
+        }
+        let mut facts_before = facts(&history, &truth);
+        facts_before.forgotten = &forgotten;
+        assert_eq!(no_acked_write_lost(&facts_before, &[None]).len(), 2);
+        // Forgetting a record with a live version is reported.
+        let live = [Forgotten {
+            record: record_with("a"),
+            ..forgotten[0].clone()
+        }];
+        assert_eq!(only_tombstones_forgotten(&live).len(), 1);
+    }
+
+    /// An expired put's value purged into a tombstone under its dot, same HLC and
+    /// expiry, is no loss; a tombstone of another write under that dot is.
+    #[test]
+    fn a_put_purged_after_its_expiry_is_not_lost() {
+        let version = Context::from_parts([(ActorId(1), 1)], []);
+        let history = [put("a", Context::default(), version)];
+        let mut truth = [applied(&history[0], dot(1, 1), 7)];
+        truth[0].sibling.expires_at_ms = Some(100);
+        let purged = |hlc| {
+            let mut record = Record::default();
+            record.update(
+                &Context::default(),
+                ActorId(1),
+                Sibling {
+                    hlc: Hlc(hlc),
+                    expires_at_ms: Some(100),
+                    body: Body::Tombstone,
+                },
+            );
+            record
+        };
+        assert!(no_acked_write_lost(&facts(&history, &truth), &[Some(purged(7))]).is_empty());
+        assert_eq!(
+            no_acked_write_lost(&facts(&history, &truth), &[Some(purged(8))]).len(),
+            1
+        );
     }
 
     #[test]

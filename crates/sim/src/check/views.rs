@@ -1,5 +1,7 @@
 //! Checks of what a client is shown: `Record::view` under the run's conflict policy
-//! at the reading node's wall clock, so TTL expiry and LWW resolution count.
+//! at the reading node's wall clock, so TTL expiry and LWW resolution count. A value
+//! expired by any node's clock may have been purged into a tombstone there and
+//! spread: not showing it is then no loss (`Facts::expired_for`).
 
 use ringkv_core::{ConflictPolicy, Dot, ReadView, Record, Sibling};
 
@@ -43,7 +45,8 @@ fn hidden(facts: &Facts, key: usize, write: &Applied, record: &Record) -> bool {
 /// write):
 /// * it shows no version that write superseded (a dot in its version);
 /// * if the write is a put, it shows its value, unless the value expired by the
-///   reading node's clock, or a newer write hides it: an applied write that
+///   reading node's clock (or the fastest one: see the module doc), or a newer
+///   write hides it: an applied write that
 ///   superseded it or, under LWW, a version in the read's record with a higher
 ///   (HLC, dot). So under LWW no acked write vanishes while no newer write exists,
 ///   and an expired value is never "lost".
@@ -92,7 +95,7 @@ pub fn reads_show_acked_values(facts: &Facts, observations: &[Observation]) -> V
             let expired = applied
                 .sibling
                 .expires_at_ms
-                .is_some_and(|at| at <= read.now_ms);
+                .is_some_and(|at| facts.expired_for(at, read));
             if expired || hidden(facts, key, applied, &record) {
                 continue;
             }
@@ -210,6 +213,30 @@ mod tests {
         let (history, truth) = two_concurrent_puts(Some(50), 40);
         let facts = Facts::new(&history, &truth, &[key()], ConflictPolicy::Siblings, 3);
         assert!(reads_show_acked_values(&facts, &reads(&facts)).is_empty());
+    }
+
+    /// A value not expired by the reading node's clock may still be gone: a node
+    /// with a faster clock purged it and the tombstone spread. Up to the fastest clock
+    /// of the read's time, not beyond.
+    #[test]
+    fn a_value_expired_on_a_faster_clock_is_not_called_lost() {
+        // "a" expires at 50; the read (clock 40) holds only b.
+        let (mut history, truth) = two_concurrent_puts(Some(50), 40);
+        let mut only_b = Record::default();
+        only_b.update(&Context::default(), ActorId(2), sibling("b", 9));
+        if let Outcome::Read { record, .. } = &mut history[2].outcome {
+            *record = Some(only_b);
+        }
+        let mut facts = Facts::new(&history, &truth, &[key()], ConflictPolicy::Siblings, 3);
+        assert_eq!(reads_show_acked_values(&facts, &reads(&facts)).len(), 1);
+        // Some node's clock read 50 by the time the read ended (virtual 6).
+        let fast = [(0, 10), (4, 50)];
+        facts.wall_high = &fast;
+        assert!(reads_show_acked_values(&facts, &reads(&facts)).is_empty());
+        // Only after it ended: no excuse.
+        let late = [(0, 10), (7, 50)];
+        facts.wall_high = &late;
+        assert_eq!(reads_show_acked_values(&facts, &reads(&facts)).len(), 1);
     }
 
     #[test]
