@@ -216,7 +216,19 @@ pub struct Core {
     pub topology_changed: bool,
 }
 
+/// How long background work goes on after a ring change that ends after heal:
+/// anti-entropy needs rounds over the new arcs before the checks.
+pub const SETTLE_AFTER_CHANGE_MS: u64 = 3_000;
+
 impl Core {
+    /// A join or decommission just ended: if the run is past heal, background
+    /// work goes on for `SETTLE_AFTER_CHANGE_MS` more.
+    pub fn settle_after_change(&mut self) {
+        if let Some(until) = self.background_until {
+            self.background_until = Some(until.max(self.now + SETTLE_AFTER_CHANGE_MS));
+        }
+    }
+
     /// Whether a join or decommission is under way.
     pub fn topology_busy(&self) -> bool {
         self.slots

@@ -317,6 +317,7 @@ impl World {
                 }
                 let now = core.now;
                 core.trace.log(now, &format!("n{index} JOINED"));
+                core.settle_after_change();
             }),
             Slot::Leaving => Box::pin(async move {
                 sim_node.topology.decommission().await;
@@ -324,6 +325,7 @@ impl World {
                 core.slots[index] = Slot::Gone;
                 let now = core.now;
                 core.trace.log(now, &format!("n{index} LEFT"));
+                core.settle_after_change();
                 // It stops for good (its crash never restarts).
                 core.schedule(now + 1, Event::Fault(Fault::Crash(index)));
             }),
