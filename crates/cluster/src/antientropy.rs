@@ -404,17 +404,51 @@ impl AntiEntropy {
         let Some(my_children) = self.node.tree_hashes(arc, None) else {
             return Ok(0);
         };
-        for child in (0..FANOUT).filter(|c| children.get(*c) != Some(&my_children[*c])) {
+        let differing: Vec<usize> = (0..FANOUT)
+            .filter(|c| children.get(*c) != Some(&my_children[*c]))
+            .collect();
+        // Most of the arc differs (a node refilled after a lost disk or a ring
+        // change): one digest list for the whole arc instead of a round trip per
+        // leaf, when it fits in one answer.
+        if differing.len() > FANOUT / 2 {
+            let (keys, complete) = self.differing_keys(peer, arc, report).await?;
+            if complete {
+                report.leaves_differing += differing.len() * FANOUT;
+                return self.sync_keys(peer, &keys, report, throttle).await;
+            }
+        }
+        for child in differing {
             let leaves = self.hashes(peer, arc, Some(child), report).await?;
             let Some(my_leaves) = self.node.tree_hashes(arc, Some(child)) else {
                 continue;
             };
-            for leaf in (0..FANOUT).filter(|l| leaves.get(*l) != Some(&my_leaves[*l])) {
+            let leaves: Vec<usize> = (0..FANOUT)
+                .filter(|l| leaves.get(*l) != Some(&my_leaves[*l]))
+                .collect();
+            // Likewise for a child most of whose leaves differ.
+            if leaves.len() > FANOUT / 4
+                && let (Some(first), Some(last)) = (
+                    self.node.leaf_range(arc, child * FANOUT),
+                    self.node.leaf_range(arc, child * FANOUT + FANOUT - 1),
+                )
+            {
+                let range = TokenRange {
+                    start: first.start,
+                    end: last.end,
+                };
+                let (keys, complete) = self.differing_keys(peer, range, report).await?;
+                if complete {
+                    report.leaves_differing += leaves.len();
+                    todo.extend(keys);
+                    continue;
+                }
+            }
+            for leaf in leaves {
                 report.leaves_differing += 1;
                 let Some(range) = self.node.leaf_range(arc, child * FANOUT + leaf) else {
                     continue;
                 };
-                todo.extend(self.differing_keys(peer, range, report).await?);
+                todo.extend(self.differing_keys(peer, range, report).await?.0);
             }
         }
         self.sync_keys(peer, &todo, report, throttle).await
@@ -442,33 +476,38 @@ impl AntiEntropy {
         }
     }
 
-    /// Compares the key digests of one leaf with the peer's: the keys whose digests
-    /// differ (or that one side lacks), each with whether the peer holds it.
+    /// Compares the key digests of a range (a leaf, or more) with the peer's: the
+    /// keys whose digests differ (or that one side lacks), each with whether the
+    /// peer holds it, and whether both sides listed every key of the range (at
+    /// most `MAX_DIGESTS` each).
     async fn differing_keys(
         &self,
         peer: &Peer,
         range: TokenRange,
         report: &mut RoundReport,
-    ) -> Result<Vec<(Key, bool)>, Stop> {
-        let theirs = match self.call(peer, PeerRequest::LeafDigests { range }).await? {
-            PeerResponse::Digests { keys, .. } if keys.len() <= MAX_DIGESTS => keys,
-            other => {
-                return Err(Stop::Peer(format!(
-                    "unexpected answer to LeafDigests: {other:?}"
-                )));
-            }
-        };
+    ) -> Result<(Vec<(Key, bool)>, bool), Stop> {
+        let (theirs, theirs_complete) =
+            match self.call(peer, PeerRequest::LeafDigests { range }).await? {
+                PeerResponse::Digests { keys, complete } if keys.len() <= MAX_DIGESTS => {
+                    (keys, complete)
+                }
+                other => {
+                    return Err(Stop::Peer(format!(
+                        "unexpected answer to LeafDigests: {other:?}"
+                    )));
+                }
+            };
         report.exchange_bytes += theirs
             .iter()
             .map(|(key, _)| key.len() as u64 + 8)
             .sum::<u64>();
         let node = self.node.clone();
-        let mine = match offload(self.spawner.as_ref(), move || {
+        let (mine, mine_complete) = match offload(self.spawner.as_ref(), move || {
             node.digests(range, MAX_DIGESTS)
         })
         .await
         {
-            Some(Ok((mine, _))) => mine,
+            Some(Ok(mine)) => mine,
             Some(Err(error)) => return Err(Stop::Local(error.to_string())),
             None => return Err(Stop::Local("shutting down".into())),
         };
@@ -489,7 +528,7 @@ impl AntiEntropy {
             };
             todo.push((key, theirs.is_some()));
         }
-        Ok(todo)
+        Ok((todo, theirs_complete && mine_complete))
     }
 
     /// Repairs `todo` with `peer`, `KEYS_AT_ONCE` at a time, within the throttle;
