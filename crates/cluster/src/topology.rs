@@ -93,7 +93,8 @@ pub struct Progress {
     /// Records and bytes of records moved so far.
     pub keys: u64,
     pub bytes: u64,
-    /// Monotonic ms when the streaming started and, once done, how long it took.
+    /// Monotonic ms when the streaming started (after the announcement and the
+    /// wait) and, once done, how long it took.
     pub started_ms: Option<u64>,
     pub took_ms: Option<u64>,
     /// The last failure, while a piece is being retried.
@@ -216,6 +217,7 @@ impl Topology {
         self.start(Phase::Joining);
         self.announce_to_all("joining").await;
         self.spawner.sleep(self.settings.request_timeout).await;
+        self.streaming_starts();
         let pieces = self.join_pieces(me);
         self.update(|progress| progress.ranges_total = pieces.len());
         tracing::info!(
@@ -449,6 +451,7 @@ impl Topology {
         self.start(Phase::Leaving);
         self.announce_to_all("leaving").await;
         self.spawner.sleep(self.settings.request_timeout).await;
+        self.streaming_starts();
         let pieces = self.leave_pieces(me);
         self.update(|progress| progress.ranges_total = pieces.len());
         tracing::info!(
@@ -592,6 +595,12 @@ impl Topology {
                 ..Progress::default()
             };
         });
+    }
+
+    /// The announcement and the wait are over: `took_ms` counts from here.
+    fn streaming_starts(&self) {
+        let now = self.node.monotonic_ms();
+        self.update(|progress| progress.started_ms = Some(now));
     }
 
     fn finish(&self, phase: Phase) {
