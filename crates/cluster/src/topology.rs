@@ -121,6 +121,15 @@ pub enum TopologyError {
     TooFewNodes { remaining: usize, n: u8 },
 }
 
+/// Which way a piece moves.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// From its current replicas to this node (join).
+    Pull,
+    /// From this node to its next replicas (decommission).
+    Push,
+}
+
 /// One piece of range to move, and the nodes it moves from (join) or to
 /// (decommission).
 #[derive(Debug, Clone)]
@@ -219,42 +228,69 @@ impl Topology {
         self.spawner.sleep(self.settings.request_timeout).await;
         self.streaming_starts();
         let pieces = self.join_pieces(me);
+        self.stream(pieces, Direction::Pull).await;
+        self.save(MemberState::Normal).await;
+        self.membership.set_my_state(MemberState::Normal);
+        self.finish(Phase::Joined);
+        self.announce("normal").await;
+    }
+
+    /// Moves every piece, `PARALLEL_PIECES` at a time, retrying each until it is
+    /// done: pulled from its sources (join) or pushed to its targets
+    /// (decommission), all within one throttle.
+    async fn stream(&self, pieces: Vec<Piece>, direction: Direction) {
         self.update(|progress| progress.ranges_total = pieces.len());
-        tracing::info!(
-            pieces = pieces.len(),
-            "join: streaming the ranges this node takes over"
-        );
+        tracing::info!(pieces = pieces.len(), ?direction, "streaming");
         let throttle = Mutex::new(Throttle::new(
             self.settings.bytes_per_sec,
             self.node.monotonic_ms(),
         ));
         for batch in pieces.chunks(PARALLEL_PIECES) {
-            let pulls = batch
+            let moves = batch
                 .iter()
                 .map(|piece| {
                     let throttle = &throttle;
-                    let pull: LocalFuture<'_> = Box::pin(async move {
-                        let mut delay = RETRY_MIN;
-                        while let Err(failure) = self.pull(piece, throttle).await {
-                            tracing::warn!(range = ?piece.range, "join: streaming failed, retrying: {failure}");
-                            self.update(|progress| progress.retrying = Some(failure));
-                            self.spawner.sleep(delay).await;
-                            delay = (delay * 2).min(RETRY_MAX);
+                    let move_piece: LocalFuture<'_> = Box::pin(async move {
+                        match direction {
+                            Direction::Pull => {
+                                self.until_done(piece.range, || self.pull(piece, throttle))
+                                    .await;
+                            }
+                            Direction::Push => {
+                                for target in &piece.peers {
+                                    self.until_done(piece.range, || {
+                                        self.push_to(*target, piece.range, throttle)
+                                    })
+                                    .await;
+                                }
+                            }
                         }
                         self.update(|progress| {
                             progress.ranges_done += 1;
                             progress.retrying = None;
                         });
                     });
-                    pull
+                    move_piece
                 })
                 .collect();
-            all(pulls).await;
+            all(moves).await;
         }
-        self.save(MemberState::Normal).await;
-        self.membership.set_my_state(MemberState::Normal);
-        self.finish(Phase::Joined);
-        self.announce("normal").await;
+    }
+
+    /// Runs `attempt` until it succeeds, backing off (up to `RETRY_MAX`) and
+    /// showing the last failure in the progress meanwhile.
+    async fn until_done<F, Fut>(&self, range: TokenRange, mut attempt: F)
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<(), Failure>> + Send,
+    {
+        let mut delay = RETRY_MIN;
+        while let Err(failure) = attempt().await {
+            tracing::warn!(?range, "streaming failed, retrying: {failure}");
+            self.update(|progress| progress.retrying = Some(failure));
+            self.spawner.sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+        }
     }
 
     /// Every piece of range `me` replicates on the next ring, with the current
@@ -453,42 +489,7 @@ impl Topology {
         self.spawner.sleep(self.settings.request_timeout).await;
         self.streaming_starts();
         let pieces = self.leave_pieces(me);
-        self.update(|progress| progress.ranges_total = pieces.len());
-        tracing::info!(
-            pieces = pieces.len(),
-            "decommission: streaming this node's ranges to their next replicas"
-        );
-        let throttle = Mutex::new(Throttle::new(
-            self.settings.bytes_per_sec,
-            self.node.monotonic_ms(),
-        ));
-        for batch in pieces.chunks(PARALLEL_PIECES) {
-            let pushes = batch
-                .iter()
-                .map(|piece| {
-                    let throttle = &throttle;
-                    let push: LocalFuture<'_> = Box::pin(async move {
-                        for target in &piece.peers {
-                            let mut delay = RETRY_MIN;
-                            while let Err(failure) =
-                                self.push_to(*target, piece.range, throttle).await
-                            {
-                                tracing::warn!(range = ?piece.range, %target, "decommission: streaming failed, retrying: {failure}");
-                                self.update(|progress| progress.retrying = Some(failure));
-                                self.spawner.sleep(delay).await;
-                                delay = (delay * 2).min(RETRY_MAX);
-                            }
-                        }
-                        self.update(|progress| {
-                            progress.ranges_done += 1;
-                            progress.retrying = None;
-                        });
-                    });
-                    push
-                })
-                .collect();
-            all(pushes).await;
-        }
+        self.stream(pieces, Direction::Push).await;
         // Recorded first: restarted from here on, the node no longer holds its
         // ranges' newest writes, so it must join again rather than serve them.
         self.save(MemberState::Left).await;

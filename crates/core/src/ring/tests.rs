@@ -176,6 +176,21 @@ fn small_rings() -> impl Strategy<Value = Ring> {
     )
 }
 
+/// A member in `state` holding one token.
+fn member(id: u64, state: MemberState, token: u128) -> Member {
+    Member {
+        id: NodeId(id),
+        generation: 1,
+        heartbeat: 0,
+        state,
+        peer_addr: String::new(),
+        http_addr: String::new(),
+        resp_addr: String::new(),
+        vnodes: 1,
+        tokens: vec![Token(token)],
+    }
+}
+
 /// Before the first node joins: no owner, empty lists and ranges, no panic.
 #[test]
 fn an_empty_ring_answers_with_nothing() {
@@ -239,17 +254,6 @@ fn a_token_claimed_twice_goes_to_the_lower_node_id() {
 /// `from_members` drops `Left` members; their keys go to the next token.
 #[test]
 fn members_that_left_are_not_on_the_ring() {
-    let member = |id: u64, state: MemberState, token: u128| Member {
-        id: NodeId(id),
-        generation: 1,
-        heartbeat: 0,
-        state,
-        peer_addr: String::new(),
-        http_addr: String::new(),
-        resp_addr: String::new(),
-        vnodes: 1,
-        tokens: vec![Token(token)],
-    };
     let ring = Ring::from_members(&[
         member(1, MemberState::Normal, 10),
         member(2, MemberState::Left, 20),
@@ -263,17 +267,6 @@ fn members_that_left_are_not_on_the_ring() {
 /// one; with neither there is no next ring.
 #[test]
 fn joining_and_leaving_members_are_on_one_ring_each() {
-    let member = |id: u64, state: MemberState, token: u128| Member {
-        id: NodeId(id),
-        generation: 1,
-        heartbeat: 0,
-        state,
-        peer_addr: String::new(),
-        http_addr: String::new(),
-        resp_addr: String::new(),
-        vnodes: 1,
-        tokens: vec![Token(token)],
-    };
     let steady = [
         member(1, MemberState::Normal, 10),
         member(2, MemberState::Normal, 20),
