@@ -200,6 +200,25 @@ async fn entry(cluster: &Cluster, asked: usize, about: usize) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Polls (bounded by `limit`) until node `asked` shows node `about` with
+/// `field` = `value` in `/v1/cluster/status`.
+async fn wait_for_entry(
+    cluster: &Cluster,
+    asked: usize,
+    about: usize,
+    (field, value): (&str, &str),
+    limit: Duration,
+) {
+    let started = Instant::now();
+    while entry(cluster, asked, about).await[field] != value {
+        assert!(
+            started.elapsed() < limit,
+            "node {asked} never shows node {about} with {field} {value} (waited {limit:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The join keeps writing during streaming; what the writers got acknowledged.
 struct Writers {
     stop: Arc<AtomicBool>,
@@ -413,14 +432,14 @@ async fn a_killed_node_is_removed_and_its_keys_are_back_on_n_live_nodes() {
     let dead = 3;
     let id = cluster.nodes[dead].node_id;
     cluster.kill(dead);
-    let started = Instant::now();
-    while entry(&cluster, 0, dead).await["status"] != "down" {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never seen down"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_entry(
+        &cluster,
+        0,
+        dead,
+        ("status", "down"),
+        Duration::from_secs(15),
+    )
+    .await;
     let output = Command::new(env!("CARGO_BIN_EXE_ringkv"))
         .args(["node", "remove", &id.to_string()])
         .args(["--url", &format!("http://{}", cluster.nodes[0].http_addr)])
@@ -431,15 +450,15 @@ async fn a_killed_node_is_removed_and_its_keys_are_back_on_n_live_nodes() {
         "remove failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let removed = Instant::now();
     for index in 0..3 {
-        while entry(&cluster, index, dead).await["status"] != "left" {
-            assert!(
-                removed.elapsed() < Duration::from_secs(10),
-                "node {index} never learns"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_entry(
+            &cluster,
+            index,
+            dead,
+            ("status", "left"),
+            Duration::from_secs(10),
+        )
+        .await;
     }
     let took = wait_on_all_replicas(
         &client,
@@ -482,13 +501,8 @@ async fn a_permanently_failed_node_is_removed_automatically() {
     cluster.signal(failed, Signal::Stop);
     let started = Instant::now();
     for index in 0..3 {
-        while entry(&cluster, index, failed).await["status"] != "left" {
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "node {index}: never removed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let limit = Duration::from_secs(15).saturating_sub(started.elapsed());
+        wait_for_entry(&cluster, index, failed, ("status", "left"), limit).await;
     }
     eprintln!(
         "removed automatically {:?} after the pause",
@@ -503,14 +517,14 @@ async fn a_permanently_failed_node_is_removed_automatically() {
     .await;
     // Back from its pause, it hears it was removed and leaves the ring.
     cluster.signal(failed, Signal::Continue);
-    let resumed = Instant::now();
-    while entry(&cluster, failed, failed).await["state"] != "left" {
-        assert!(
-            resumed.elapsed() < Duration::from_secs(10),
-            "the removed node stays"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_entry(
+        &cluster,
+        failed,
+        failed,
+        ("state", "left"),
+        Duration::from_secs(10),
+    )
+    .await;
     let bad = unreadable(&client, &urls(&cluster, &[0, 1, 2]), &keys).await;
     assert!(
         bad.is_empty(),
