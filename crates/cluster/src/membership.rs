@@ -177,6 +177,16 @@ impl Membership {
             .clone()
     }
 
+    /// This node's own state (on every peer request's path: no copy of the entry).
+    pub fn my_state(&self) -> MemberState {
+        self.state
+            .read()
+            .expect("membership lock is never poisoned")
+            .members
+            .get(&self.me)
+            .map_or(MemberState::Normal, |me| me.state)
+    }
+
     /// This node's own entry.
     pub fn myself(&self) -> Member {
         self.member(self.me)

@@ -220,7 +220,7 @@ impl Topology {
     /// pieces as long as it takes).
     pub async fn join(&self) {
         let me = self.membership.me();
-        if self.membership.myself().state != MemberState::Joining {
+        if self.membership.my_state() != MemberState::Joining {
             return;
         }
         self.start(Phase::Joining);

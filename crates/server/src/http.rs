@@ -82,7 +82,7 @@ async fn not_found() -> Response {
 /// requests, forwarding them, but holds none of its ranges yet), so whatever waits
 /// for a node to be ready waits for its join.
 async fn health(State(app): State<Arc<AppState>>) -> Response {
-    match app.coordinator.membership().myself().state {
+    match app.coordinator.membership().my_state() {
         MemberState::Joining => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "joining"})),

@@ -90,7 +90,7 @@ fn internal(message: impl Into<String>) -> PeerResponse {
 impl PeerHandler for PeerService {
     fn handle(&self, _from: NodeId, request: PeerRequest) -> BoxFuture<PeerResponse> {
         if let Some(refused) =
-            ringkv_cluster::topology::refusal(self.membership.myself().state, &request)
+            ringkv_cluster::topology::refusal(self.membership.my_state(), &request)
         {
             return Box::pin(async move { PeerResponse::Error(refused) });
         }

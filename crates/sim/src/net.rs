@@ -373,8 +373,7 @@ fn internal(message: String) -> PeerResponse {
 /// What `server::peer::PeerService` does with a request, minus the thread pool
 /// (and plus the planted bug of `canary`, if any).
 pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) -> PeerResponse {
-    if let Some(refused) =
-        ringkv_cluster::topology::refusal(target.membership.myself().state, &request)
+    if let Some(refused) = ringkv_cluster::topology::refusal(target.membership.my_state(), &request)
     {
         return PeerResponse::Error(refused);
     }
