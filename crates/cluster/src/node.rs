@@ -95,6 +95,8 @@ pub fn saved_member_state(
         Some([1]) => Some(ringkv_core::MemberState::Normal),
         Some([2]) => Some(ringkv_core::MemberState::Leaving),
         Some([3]) => Some(ringkv_core::MemberState::Left),
+        Some([4]) => Some(ringkv_core::MemberState::Joined),
+        Some([5]) => Some(ringkv_core::MemberState::Drained),
         _ => None,
     })
 }
@@ -325,6 +327,8 @@ impl Node {
             ringkv_core::MemberState::Normal => 1,
             ringkv_core::MemberState::Leaving => 2,
             ringkv_core::MemberState::Left => 3,
+            ringkv_core::MemberState::Joined => 4,
+            ringkv_core::MemberState::Drained => 5,
         };
         self.engine.meta_put(MEMBER_STATE, &[code])?;
         Ok(())

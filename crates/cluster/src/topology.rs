@@ -5,7 +5,13 @@
 //! Two rings exist while a change is under way (`Membership::ring` and
 //! `next_ring`): reads follow the current one, writes reach the replicas of both
 //! (W of each, see `Coordinator::write_acked`), so a range can change hands without
-//! a moment where a quorum read could miss an acknowledged write.
+//! a moment where a quorum read could miss an acknowledged write. A change has two
+//! phases (`MemberState`): while the node streams, the current ring is the old one
+//! and the other is the new; once its data moved, it is the other way round; only
+//! when every member has seen the second phase does the change end and the old ring
+//! go. So two coordinators whose views are one step apart always share a ring they
+//! both write W of, and the one read from: a joined node's news reaching some nodes
+//! before others cannot split reads from writes.
 //!
 //! **Join** (a node started with `--seeds`, the first time, or again after it was
 //! removed): it takes tokens and enters as `Joining` (on the next ring only), tells
@@ -18,15 +24,23 @@
 //! place was part of); from every live current replica (their union) when one of
 //! those is down or nothing is displaced (a cluster smaller than N). Pages of
 //! records are merged durably, at most `streaming_bytes_per_sec`. Then the node is
-//! `Normal`, announced again, and reads reach it.
+//! `Joined` (reads reach it; writes reach the old owners too), tells every member
+//! until each answered, and is `Normal`.
 //!
 //! **Decommission**: refused while another change is under way, while a member is
 //! down, or when fewer than N nodes would remain. The node becomes `Leaving` (still
 //! on the current ring, no longer on the next), announces to every member, waits
 //! one request timeout, then pushes (`Store`) every range it replicates to the
-//! nodes that replicate it next and did not before, then becomes `Left` and is
-//! done once every member heard it: it owns nothing afterwards, keeps running
-//! (handing off any hints it holds) and can be stopped.
+//! nodes that replicate it next and did not before, then becomes `Drained` (reads
+//! go to the next owners, writes still reach it), tells every member until each
+//! answered, becomes `Left` and is done once every member heard it: it owns
+//! nothing afterwards, keeps running (handing off any hints it holds) and can be
+//! stopped.
+//!
+//! One change at a time: a decommission is refused while another is under way;
+//! two nodes started to join at the same moment are not prevented (there is no
+//! coordinator to serialize them), and a coordinator whose view lags across two
+//! overlapping changes is not covered by the argument above.
 //!
 //! Failed pieces are retried (backoff up to 5 s) until they succeed: a join or a
 //! decommission waits for an unreachable node rather than finishing without its
@@ -216,19 +230,31 @@ impl Topology {
     }
 
     /// Brings a `Joining` node in: streams every range it will replicate from the
-    /// current replicas, then makes it `Normal`. Returns once done (retrying failed
+    /// current replicas, then makes it `Joined` (reads reach it, writes still reach
+    /// the previous owners too) and, once every member knows, `Normal`. Resumes
+    /// a `Joined` node at that last step. Returns once done (retrying failed
     /// pieces as long as it takes).
     pub async fn join(&self) {
         let me = self.membership.me();
-        if self.membership.my_state() != MemberState::Joining {
+        if self.membership.my_state() == MemberState::Joining {
+            self.start(Phase::Joining);
+            self.announce_to_all("joining").await;
+            self.spawner.sleep(self.settings.request_timeout).await;
+            self.streaming_starts();
+            let pieces = self.join_pieces(me);
+            self.stream(pieces, Direction::Pull).await;
+            self.save(MemberState::Joined).await;
+            self.membership.set_my_state(MemberState::Joined);
+        }
+        if self.membership.my_state() != MemberState::Joined {
             return;
         }
-        self.start(Phase::Joining);
-        self.announce_to_all("joining").await;
-        self.spawner.sleep(self.settings.request_timeout).await;
-        self.streaming_starts();
-        let pieces = self.join_pieces(me);
-        self.stream(pieces, Direction::Pull).await;
+        if self.progress().phase != Phase::Joining {
+            self.start(Phase::Joining);
+        }
+        // A member that still sees this node `Joining` reads from the previous
+        // owners: until each one has heard, every write must reach them too.
+        self.announce_to_all("joined").await;
         self.save(MemberState::Normal).await;
         self.membership.set_my_state(MemberState::Normal);
         self.finish(Phase::Joined);
@@ -455,10 +481,7 @@ impl Topology {
                 liveness: self.membership.liveness(down.id).as_str(),
             });
         }
-        if let Some(busy) = members
-            .iter()
-            .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
-        {
+        if let Some(busy) = members.iter().find(|m| m.state.is_changing()) {
             return Err(TopologyError::Busy {
                 node: busy.id,
                 state: busy.state.as_str(),
@@ -478,24 +501,42 @@ impl Topology {
     }
 
     /// Takes this node out of the ring: `Leaving`, streams every range it
-    /// replicates to its next replicas, then `Left`. Check `check_decommission`
-    /// first; returns once done.
+    /// replicates to its next replicas, then `Drained` (reads go to the next
+    /// replicas, writes still reach this node) and, once every member knows,
+    /// `Left`. Check `check_decommission` first. Resumes a `Drained` node at that
+    /// last step (and a `Leaving` one from the start). Returns once done.
     pub async fn decommission(&self) {
         let me = self.membership.me();
-        self.save(MemberState::Leaving).await;
-        self.membership.set_my_state(MemberState::Leaving);
-        self.start(Phase::Leaving);
-        self.announce_to_all("leaving").await;
-        self.spawner.sleep(self.settings.request_timeout).await;
-        self.streaming_starts();
-        let pieces = self.leave_pieces(me);
-        self.stream(pieces, Direction::Push).await;
+        if matches!(
+            self.membership.my_state(),
+            MemberState::Normal | MemberState::Leaving
+        ) {
+            self.save(MemberState::Leaving).await;
+            self.membership.set_my_state(MemberState::Leaving);
+            self.start(Phase::Leaving);
+            self.announce_to_all("leaving").await;
+            self.spawner.sleep(self.settings.request_timeout).await;
+            self.streaming_starts();
+            let pieces = self.leave_pieces(me);
+            self.stream(pieces, Direction::Push).await;
+            self.save(MemberState::Drained).await;
+            self.membership.set_my_state(MemberState::Drained);
+        }
+        if self.membership.my_state() != MemberState::Drained {
+            return;
+        }
+        if self.progress().phase != Phase::Leaving {
+            self.start(Phase::Leaving);
+        }
+        // A member that still sees this node `Leaving` reads from it: until each
+        // one has heard, every write must reach it too.
+        self.announce_to_all("drained").await;
         // Recorded first: restarted from here on, the node no longer holds its
         // ranges' newest writes, so it must join again rather than serve them.
         self.save(MemberState::Left).await;
         self.membership.set_my_state(MemberState::Left);
         // Done only once every member knows: a node that missed it would keep
-        // reading from this one after it stops.
+        // writing to this one after it stops.
         self.announce_to_all("left").await;
         self.finish(Phase::Left);
     }

@@ -16,6 +16,13 @@ impl std::fmt::Display for NodeId {
 
 /// Where a member is in its life in the ring (DESIGN.md §6, topology changes).
 ///
+/// A change moves one node through two phases. While it streams (`Joining`,
+/// `Leaving`) reads follow the ring as it was; once its data has moved
+/// (`Joined`, `Drained`) reads follow the ring as it will be; in both phases
+/// writes reach W replicas of each ring, so a coordinator whose view lags one phase
+/// behind (or ahead) still meets every acknowledged write. The node ends the
+/// change (`Normal`, `Left`) only once every member has seen the second phase.
+///
 /// The order matters: at equal (generation, heartbeat) the later state wins a
 /// gossip merge, so a removal (another node marking a dead member `Left` at that
 /// member's last heartbeat) spreads.
@@ -24,32 +31,59 @@ pub enum MemberState {
     /// Has taken its tokens but is still streaming the ranges it takes over: writes
     /// reach it (beside the current owners), reads do not.
     Joining,
+    /// Has streamed its ranges and serves reads; writes still reach the ranges'
+    /// previous owners too, until every member knows.
+    Joined,
     /// Owns its vnodes and serves.
     Normal,
     /// Streaming its ranges out to their next owners: still serves them, writes
     /// reach the next owners too.
     Leaving,
+    /// Has handed its ranges over: reads go to the next owners, writes still reach
+    /// this node too, until every member knows.
+    Drained,
     /// Has left the ring for good (decommissioned or removed); kept so the news spreads.
     Left,
 }
 
 impl MemberState {
-    /// Whether the node serves its ranges now (reads and writes): the current ring.
+    /// Whether reads reach the node: the current ring (normal nodes, a leaving
+    /// node until its ranges have moved, a joining one once they have).
     pub fn in_current_ring(self) -> bool {
-        matches!(self, MemberState::Normal | MemberState::Leaving)
+        matches!(
+            self,
+            MemberState::Normal | MemberState::Leaving | MemberState::Joined
+        )
     }
 
-    /// Whether the node will serve its ranges once the changes under way are done:
-    /// the next ring.
+    /// Whether the node is on the other ring writes must also reach while a change
+    /// is under way: where a changing node stands in the phase it is not in for
+    /// reads (a joining node before its data moved, a drained one after).
     pub fn in_next_ring(self) -> bool {
-        matches!(self, MemberState::Normal | MemberState::Joining)
+        matches!(
+            self,
+            MemberState::Normal | MemberState::Joining | MemberState::Drained
+        )
+    }
+
+    /// Whether the node is in the middle of a join or a decommission.
+    pub fn is_changing(self) -> bool {
+        matches!(
+            self,
+            MemberState::Joining
+                | MemberState::Joined
+                | MemberState::Leaving
+                | MemberState::Drained
+        )
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             MemberState::Joining => "joining",
+            MemberState::Joined => "joined",
             MemberState::Normal => "normal",
             MemberState::Leaving => "leaving",
+            MemberState::Drained => "drained",
             MemberState::Left => "left",
         }
     }

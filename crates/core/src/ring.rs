@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{Member, MemberState, NodeId, Token, TokenRange};
+use crate::{Member, NodeId, Token, TokenRange};
 use allocate::Allocation;
 
 mod allocate;
@@ -122,8 +122,8 @@ impl Ring {
         ring
     }
 
-    /// The current ring: the members that serve their ranges now (normal and
-    /// leaving ones; joining ones are not there yet, left ones hold no tokens).
+    /// The current ring: the members that serve reads of their ranges now
+    /// (`MemberState::in_current_ring`; left ones hold no tokens).
     pub fn from_members(members: &[Member]) -> Ring {
         Ring::new(
             members
@@ -133,13 +133,14 @@ impl Ring {
         )
     }
 
-    /// The next ring, once every join and leave under way is done (normal and
-    /// joining members); `None` when no change is under way (it equals the current
-    /// ring).
+    /// The other ring writes must reach while a join or leave is under way: the
+    /// next ring while the changing node streams, the previous one once its data
+    /// moved (`MemberState::in_next_ring`); `None` when no change is under way
+    /// (it equals the current ring).
     pub fn next_from_members(members: &[Member]) -> Option<Ring> {
         members
             .iter()
-            .any(|member| matches!(member.state, MemberState::Joining | MemberState::Leaving))
+            .any(|member| member.state.is_changing())
             .then(|| {
                 Ring::new(
                     members

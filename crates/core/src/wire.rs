@@ -21,7 +21,8 @@ pub const MAX_RECORDS_PER_PAGE: usize = 4_096;
 pub const MAX_PAGE_BYTES: u32 = 8 << 20;
 
 /// Version of the peer protocol; a handshake with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: member states `Joined` and `Drained` (the second phase of a ring change).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A client write as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

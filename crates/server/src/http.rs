@@ -186,7 +186,8 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
 fn status_of(state: MemberState, liveness: ringkv_cluster::membership::Liveness) -> &'static str {
     match state {
         MemberState::Left => "left",
-        MemberState::Joining | MemberState::Leaving if liveness.is_up() => state.as_str(),
+        MemberState::Joining | MemberState::Joined if liveness.is_up() => "joining",
+        MemberState::Leaving | MemberState::Drained if liveness.is_up() => "leaving",
         _ => liveness.as_str(),
     }
 }

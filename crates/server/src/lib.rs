@@ -327,9 +327,16 @@ impl Server {
             .members()
             .iter()
             .any(|m| m.id != me && m.state != MemberState::Left);
+        // A join interrupted after its streaming (`Joined`, or `Normal` just before
+        // the marker was cleared) resumes from there: streaming again would take
+        // the node back to `Joining`, out of the reads some members already send it.
+        let streamed = matches!(saved_state, Some(MemberState::Joined | MemberState::Normal));
         let joins = !seeds.is_empty()
             && others
-            && (was_joining || was_removed || (first_join && adopted.is_none()));
+            && ((was_joining && !streamed) || was_removed || (first_join && adopted.is_none()));
+        // A change in its second phase (data moved, the news spreading) ends.
+        let resumes = saved_state
+            .filter(|state| !joins && matches!(state, MemberState::Joined | MemberState::Drained));
         if let Some(old) = adopted {
             tracing::warn!(
                 generation = member.generation,
@@ -362,13 +369,20 @@ impl Server {
         }
         if joins {
             member.state = MemberState::Joining;
-            let engine = engine.clone();
-            tokio::task::spawn_blocking(move || identity::store_joining(engine.as_ref(), true))
-                .await
-                .map_err(|error| StartError::Task(error.to_string()))??;
+            let (engine, node) = (engine.clone(), node.clone());
+            tokio::task::spawn_blocking(move || {
+                node.save_member_state(MemberState::Joining)
+                    .map_err(|error| StartError::Task(error.to_string()))?;
+                identity::store_joining(engine.as_ref(), true).map_err(StartError::from)
+            })
+            .await
+            .map_err(|error| StartError::Task(error.to_string()))??;
             tracing::info!(
                 "joining the cluster: streaming the ranges this node takes over before it serves them"
             );
+        }
+        if let Some(state) = resumes {
+            member.state = state;
         }
         membership.update_me(member);
         // Tell the seeds and every member learnt from them about this run (its new
@@ -416,7 +430,17 @@ impl Server {
         if service.topology.set(topology.clone()).is_err() {
             unreachable!("the topology is set once, here");
         }
-        if joins {
+        if resumes == Some(MemberState::Drained) {
+            tracing::info!("resuming a decommission: its ranges have moved, telling every member");
+            let (topology, shutdown) = (topology.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = topology.decommission() => {}
+                }
+            });
+        }
+        if joins || resumes == Some(MemberState::Joined) {
             let (topology, engine, shutdown) = (topology.clone(), engine.clone(), shutdown.clone());
             tasks.spawn(async move {
                 tokio::select! {

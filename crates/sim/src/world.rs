@@ -187,13 +187,16 @@ impl World {
                 self.members
                     .iter()
                     .zip(slots)
-                    .filter_map(|(member, slot)| {
-                        let state = match slot {
-                            Slot::Spare => return None,
-                            Slot::Joining => MemberState::Joining,
-                            Slot::Member => MemberState::Normal,
-                            Slot::Leaving => MemberState::Leaving,
-                            Slot::Gone => MemberState::Left,
+                    .zip(&self.engines)
+                    .filter_map(|((member, slot), engine)| {
+                        let saved = ringkv_cluster::node::saved_member_state(engine.as_ref());
+                        let state = match (slot, saved) {
+                            (Slot::Spare, _) => return None,
+                            (Slot::Joining | Slot::Leaving, Ok(Some(state))) => state,
+                            (Slot::Joining, _) => MemberState::Joining,
+                            (Slot::Member, _) => MemberState::Normal,
+                            (Slot::Leaving, _) => MemberState::Leaving,
+                            (Slot::Gone, _) => MemberState::Left,
                         };
                         Some(Member {
                             state,
@@ -218,13 +221,24 @@ impl World {
             ActorId(((index as u64) << 32) | incarnation)
         };
         // Every start is a new generation, as `server::identity` makes it.
+        // As `server` starts: a change whose data has moved resumes at its second
+        // phase (as recorded), a join before that streams again, a decommission
+        // before that ends.
+        let saved = ringkv_cluster::node::saved_member_state(self.engines[index].as_ref());
+        let state = match (slot, saved) {
+            (Slot::Joining, Ok(Some(MemberState::Joined))) => MemberState::Joined,
+            // Done, but stopped before it said so.
+            (Slot::Joining, Ok(Some(MemberState::Normal))) => {
+                lock(&self.sim.core).slots[index] = Slot::Member;
+                MemberState::Normal
+            }
+            (Slot::Joining, _) => MemberState::Joining,
+            (Slot::Leaving, Ok(Some(MemberState::Drained))) => MemberState::Drained,
+            _ => MemberState::Normal,
+        };
         let me = Member {
             generation: incarnation + 1,
-            state: if slot == Slot::Joining {
-                MemberState::Joining
-            } else {
-                MemberState::Normal
-            },
+            state,
             ..self.members[index].clone()
         };
         let clock = Arc::new(NodeClock {
@@ -253,6 +267,14 @@ impl World {
             )
             .with_max_hints_bytes(if hinting { u64::MAX } else { 0 }),
         );
+        // As `server` records a join before it starts (a `Normal` recorded by an
+        // earlier run must not pass for this join's end).
+        if membership.my_state() == MemberState::Joining
+            && let Err(error) = node.save_member_state(MemberState::Joining)
+        {
+            self.sim
+                .log(&format!("n{index}: cannot record that it joins: {error}"));
+        }
         if let Err(error) = node.restore_dot_floor() {
             self.sim
                 .log(&format!("n{index}: cannot load its dot floor: {error}"));
@@ -533,10 +555,10 @@ impl World {
                     if core.slots[index] == Slot::Leaving {
                         let saved =
                             ringkv_cluster::node::saved_member_state(self.engines[index].as_ref());
-                        core.slots[index] = if matches!(saved, Ok(Some(MemberState::Left))) {
-                            Slot::Joining
-                        } else {
-                            Slot::Member
+                        core.slots[index] = match saved {
+                            Ok(Some(MemberState::Left)) => Slot::Joining,
+                            Ok(Some(MemberState::Drained)) => Slot::Leaving,
+                            _ => Slot::Member,
                         };
                     }
                     core.net.up[index] = true;

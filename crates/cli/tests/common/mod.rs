@@ -179,7 +179,7 @@ impl Cluster {
                 let joined = nodes
                     .iter()
                     .flatten()
-                    .all(|node| node["state"] != "joining");
+                    .all(|node| node["state"] != "joining" && node["state"] != "joined");
                 if count == Some(size) && joined {
                     break;
                 }

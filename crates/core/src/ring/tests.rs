@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 
 use super::*;
+use crate::MemberState;
 
 const VNODES: u16 = 256;
 const SAMPLED_KEYS: usize = 20_000;
@@ -281,6 +282,75 @@ fn joining_and_leaving_members_are_on_one_ring_each() {
     let next = Ring::next_from_members(&changing).expect("a change is under way");
     assert_eq!(current.nodes().collect::<Vec<_>>(), [NodeId(1), NodeId(2)]);
     assert_eq!(next.nodes().collect::<Vec<_>>(), [NodeId(1), NodeId(3)]);
+}
+
+/// A change's two phases swap the rings: once its data moved, a joined node is
+/// read from (current) and the old owners are only written to (next); a drained
+/// node is only written to.
+#[test]
+fn the_second_phase_of_a_change_swaps_the_rings() {
+    let joined = [
+        member(1, MemberState::Normal, 10),
+        member(2, MemberState::Normal, 20),
+        member(3, MemberState::Joined, 30),
+    ];
+    let nodes = |ring: &Ring| ring.nodes().collect::<Vec<_>>();
+    assert_eq!(
+        nodes(&Ring::from_members(&joined)),
+        [NodeId(1), NodeId(2), NodeId(3)]
+    );
+    let next = Ring::next_from_members(&joined).expect("the change is not over");
+    assert_eq!(nodes(&next), [NodeId(1), NodeId(2)]);
+    let drained = [
+        member(1, MemberState::Normal, 10),
+        member(2, MemberState::Drained, 20),
+    ];
+    assert_eq!(nodes(&Ring::from_members(&drained)), [NodeId(1)]);
+    let next = Ring::next_from_members(&drained).expect("the change is not over");
+    assert_eq!(nodes(&next), [NodeId(1), NodeId(2)]);
+}
+
+/// The reason for the two phases: two coordinators whose views of a change are
+/// one step apart (news reaches nodes at different times) each read from a ring
+/// the other writes W of, so a quorum read meets every acknowledged write.
+#[test]
+fn views_one_step_apart_read_what_the_other_writes() {
+    let with = |state: MemberState| {
+        [
+            member(1, MemberState::Normal, 10),
+            member(2, MemberState::Normal, 20),
+            member(3, state, 30),
+        ]
+    };
+    let writes = |members: &[Member]| -> Vec<Ring> {
+        let mut rings = vec![Ring::from_members(members)];
+        rings.extend(Ring::next_from_members(members));
+        rings
+    };
+    // A node that is not there yet is a `Left` one as far as rings go.
+    let join = [
+        MemberState::Left,
+        MemberState::Joining,
+        MemberState::Joined,
+        MemberState::Normal,
+    ];
+    let leave = [
+        MemberState::Normal,
+        MemberState::Leaving,
+        MemberState::Drained,
+        MemberState::Left,
+    ];
+    for steps in [join, leave] {
+        for pair in steps.windows(2) {
+            let (a, b) = (with(pair[0]), with(pair[1]));
+            assert!(writes(&b).contains(&Ring::from_members(&a)), "{pair:?}");
+            assert!(writes(&a).contains(&Ring::from_members(&b)), "{pair:?}");
+        }
+    }
+    // Skipping the second phase would break it: a node that sees the join done
+    // writes only the new ring while one that sees it streaming reads the old.
+    let (streaming, done) = (with(MemberState::Joining), with(MemberState::Normal));
+    assert!(!writes(&done).contains(&Ring::from_members(&streaming)));
 }
 
 /// Exact ranges on hand-made rings, for N = 0, 1, 2 and a token at 2^128 − 1.
