@@ -338,6 +338,29 @@ async fn a_node_joins_under_writes_and_leaves_without_losing_a_write() {
         (100..=200).contains(&held_by_new),
         "the new node replicates {held_by_new} of 200 keys (about 3/4 expected)"
     );
+    // The nodes it displaced dropped their copies of what it took over (one per
+    // key it replicates: about 3/4 of them), once every node knew the join ended.
+    let started = Instant::now();
+    let dropped = loop {
+        let mut dropped = 0;
+        for index in 0..3 {
+            let status = cluster.json(index, "/v1/cluster/status").await;
+            dropped += status["streaming"]["copies_dropped"].as_u64().unwrap();
+        }
+        let share = dropped as f64 / keys.len() as f64;
+        if (0.6..0.9).contains(&share) || started.elapsed() > Duration::from_secs(10) {
+            break share;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        (0.6..0.9).contains(&dropped),
+        "the displaced nodes dropped {dropped:.2} copies per key (about 3/4 expected)"
+    );
+    assert_eq!(
+        cluster.json(joining, "/v1/cluster/status").await["streaming"]["copies_dropped"],
+        0
+    );
 
     // (c) The new node is decommissioned (through the CLI, via node 0).
     let id = cluster.nodes[joining].node_id;

@@ -54,13 +54,28 @@ struct State {
     /// way: writes go to its replicas too.
     next: Option<Arc<Ring>>,
     seen: BTreeMap<NodeId, Seen>,
+    /// Changes that ended since `take_ended_changes`: (the ring the change left,
+    /// the ring it made), oldest first, at most `MAX_ENDED_CHANGES`.
+    ended: Vec<(Arc<Ring>, Arc<Ring>)>,
 }
+
+/// Most ended changes kept for `Membership::take_ended_changes` (older ones are
+/// dropped: their ranges' copies stay, as before cleanup existed).
+const MAX_ENDED_CHANGES: usize = 8;
 
 impl State {
     fn recompute_rings(&mut self) {
         let members: Vec<Member> = self.members.values().cloned().collect();
         self.ring = Arc::new(Ring::from_members(&members));
+        let before = self.next.take();
         self.next = Ring::next_from_members(&members).map(Arc::new);
+        // A change ended: the other ring (the one being left behind) goes.
+        if let (Some(old), None) = (before, &self.next) {
+            if self.ended.len() == MAX_ENDED_CHANGES {
+                self.ended.remove(0);
+            }
+            self.ended.push((old, self.ring.clone()));
+        }
     }
 }
 
@@ -129,6 +144,7 @@ impl Membership {
             ring: Arc::new(Ring::default()),
             next: None,
             seen: BTreeMap::new(),
+            ended: Vec::new(),
         };
         state.recompute_rings();
         Membership {
@@ -175,6 +191,18 @@ impl Membership {
             .expect("membership lock is never poisoned")
             .next
             .clone()
+    }
+
+    /// The ring changes that ended since the last call, as (ring left behind, ring
+    /// made), oldest first: what `Topology::clean_up` drops copies by.
+    pub fn take_ended_changes(&self) -> Vec<(Arc<Ring>, Arc<Ring>)> {
+        std::mem::take(
+            &mut self
+                .state
+                .write()
+                .expect("membership lock is never poisoned")
+                .ended,
+        )
     }
 
     /// This node's own state (on every peer request's path: no copy of the entry).

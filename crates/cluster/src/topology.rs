@@ -160,6 +160,8 @@ pub struct Topology {
     spawner: Arc<dyn Spawn>,
     settings: TopologySettings,
     progress: Mutex<Progress>,
+    /// Copies dropped by `clean_up` since start.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Why moving one piece stopped.
@@ -203,6 +205,7 @@ impl Topology {
             spawner,
             settings,
             progress: Mutex::new(Progress::default()),
+            dropped: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -541,6 +544,72 @@ impl Topology {
         self.finish(Phase::Left);
     }
 
+    /// Drops the copies this node keeps of ranges a change that ended gave to other
+    /// nodes (a join displacing it, a decommission it took part in that a restart
+    /// ended): they streamed them, nobody reads them here any more, and a stale
+    /// copy left behind would come back the day the range does, bringing back
+    /// what was deleted (and, with tombstone GC, forgotten) since. Stops, keeping
+    /// the rest, as soon as another change begins. Returns how many records went.
+    pub async fn clean_up(&self) -> u64 {
+        let me = self.membership.me();
+        let n = self.n();
+        let mut dropped = 0;
+        for (old, new) in self.membership.take_ended_changes() {
+            if !new.nodes().any(|id| id == me) {
+                // This node left: what it holds is nobody's business any more.
+                continue;
+            }
+            for range in old.ranges(me, n) {
+                let mut after: Option<Key> = None;
+                loop {
+                    let (node, membership, new) =
+                        (self.node.clone(), self.membership.clone(), new.clone());
+                    let cursor = after.clone();
+                    let page = offload(self.spawner.as_ref(), move || {
+                        drop_page(&node, &membership, &new, range, cursor.as_ref(), n)
+                    })
+                    .await;
+                    match page {
+                        Some(Ok(Cleaned::Page {
+                            dropped: count,
+                            last,
+                        })) => {
+                            dropped += count;
+                            match last {
+                                Some(last) => after = Some(last),
+                                None => break,
+                            }
+                        }
+                        Some(Ok(Cleaned::RingMoved)) | None => return self.cleaned(dropped),
+                        Some(Err(error)) => {
+                            tracing::warn!("cleanup stopped by local storage: {error}");
+                            return self.cleaned(dropped);
+                        }
+                    }
+                }
+            }
+        }
+        self.cleaned(dropped)
+    }
+
+    /// Copies `clean_up` dropped since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn cleaned(&self, dropped: u64) -> u64 {
+        if dropped > 0 {
+            self.dropped
+                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                dropped,
+                "dropped the copies of ranges other nodes took over"
+            );
+            metrics::counter!("ringkv_cleanup_dropped_total").increment(dropped);
+        }
+        dropped
+    }
+
     /// Every piece of range `me` replicates now, with the nodes that replicate it
     /// next and do not now.
     fn leave_pieces(&self, me: NodeId) -> Vec<Piece> {
@@ -722,6 +791,51 @@ impl Topology {
             .await;
         tracing::info!(state, answered, asked, "told the cluster");
     }
+}
+
+/// What one page of `Topology::clean_up` did.
+enum Cleaned {
+    /// Dropped `dropped` records; goes on after `last` (`None`: the range is done).
+    Page { dropped: u64, last: Option<Key> },
+    /// Another change began (or the ring moved on): keep the rest.
+    RingMoved,
+}
+
+/// Size of one cleanup page.
+const CLEANUP_PAGE_BYTES: usize = 1 << 20;
+
+/// One page of `range` after `after`: drops the records whose key `new` does not
+/// place on this node, provided the ring is still `new` with no change under way
+/// (checked right before, in the same blocking call). Blocking.
+fn drop_page(
+    node: &Node,
+    membership: &Membership,
+    new: &Arc<ringkv_core::ring::Ring>,
+    range: TokenRange,
+    after: Option<&Key>,
+    n: usize,
+) -> Result<Cleaned, crate::node::NodeError> {
+    let (page, complete) = node.page(range, after, CLEANUP_PAGE_BYTES)?;
+    let last = (!complete)
+        .then(|| page.last().map(|(key, _)| key.clone()))
+        .flatten();
+    let me = membership.me();
+    let gone: Vec<(Key, Record)> = page
+        .into_iter()
+        .filter(|(key, _)| !new.preference_list(key.token(), n).replicas().contains(&me))
+        .collect();
+    if membership.next_ring().is_some() || !Arc::ptr_eq(&membership.ring(), new) {
+        return Ok(Cleaned::RingMoved);
+    }
+    let dropped = node
+        .drop_copies(&gone)?
+        .into_iter()
+        .filter(|gone| *gone)
+        .count();
+    Ok(Cleaned::Page {
+        dropped: dropped as u64,
+        last,
+    })
 }
 
 /// Whether a node in `state` must refuse `request`, and why: a joining node does

@@ -75,6 +75,20 @@ pub(crate) async fn anti_entropy(
     .await;
 }
 
+/// Drops the copies of ranges a finished ring change gave to other nodes
+/// (`Topology::clean_up`), checked every `interval` (the gossip interval: soon
+/// after this node learns that a change ended).
+pub(crate) async fn clean_up(
+    topology: Arc<ringkv_cluster::topology::Topology>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    every(interval, interval, shutdown, |_| async {
+        topology.clean_up().await;
+    })
+    .await;
+}
+
 /// The period of purge rounds: `purge_interval_ms`, or half of
 /// `tombstone_gc_grace_ms` if that is shorter, because every round also refreshes
 /// the alive stamp a restart is judged by (`alive`): a node stopped just before its

@@ -152,6 +152,7 @@ async fn cluster_status(State(app): State<Arc<AppState>>) -> Json<Value> {
             "bytes": streaming.bytes,
             "took_ms": streaming.took_ms,
             "retrying": streaming.retrying,
+            "copies_dropped": app.topology.dropped(),
         },
         "purge": {
             "rounds": purge.rounds,

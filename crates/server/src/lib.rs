@@ -509,6 +509,11 @@ impl Server {
             )
             .with_collector(collector.clone()),
         );
+        tasks.spawn(background::clean_up(
+            topology.clone(),
+            gossip_interval,
+            shutdown.clone(),
+        ));
         tasks.spawn(background::anti_entropy(
             anti_entropy.clone(),
             anti_entropy_interval,

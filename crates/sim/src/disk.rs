@@ -94,6 +94,21 @@ impl Engine for SimDisk {
         self.memory.delete(key)
     }
 
+    /// Not forgotten: a copy the node no longer replicates (the replicas' records
+    /// are what the checkers judge).
+    fn drop_copy_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError> {
+        let removed = self.memory.remove_if(key, expected)?;
+        if removed && let Some(sim) = self.sim.upgrade() {
+            let mut core = lock(&sim.core);
+            let at = core.now;
+            core.trace.log(
+                at,
+                &format!("n{} drops its copy of {}", self.index, key.to_escaped()),
+            );
+        }
+        Ok(removed)
+    }
+
     /// Also notes what was forgotten in the run's ground truth (`Core::forgotten`).
     fn remove_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError> {
         let removed = self.memory.remove_if(key, expected)?;

@@ -451,6 +451,13 @@ impl World {
             })
         });
         self.resume_topology(index);
+        let topology = sim_node.topology.clone();
+        self.spawn_rounds(index, GOSSIP_INTERVAL_MS, move || {
+            let topology = topology.clone();
+            Box::pin(async move {
+                topology.clean_up().await;
+            })
+        });
         if lock(&self.sim.core).anti_entropy {
             let anti_entropy = Arc::new(anti_entropy);
             self.spawn_rounds(index, ANTI_ENTROPY_INTERVAL_MS, move || {

@@ -130,6 +130,17 @@ pub trait Engine: Send + Sync + 'static {
     /// `Io`, `Poisoned`, `Closed`.
     fn remove_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError>;
 
+    /// `remove_if` for a copy this node keeps of a key it no longer replicates (a
+    /// ring change moved it elsewhere), as opposed to a record forgotten by
+    /// tombstone GC: the same operation, told apart so a test engine can account
+    /// for the two differently.
+    ///
+    /// # Errors
+    /// As `remove_if`.
+    fn drop_copy_if(&self, key: &Key, expected: &Record) -> Result<bool, StorageError> {
+        self.remove_if(key, expected)
+    }
+
     /// Durability barrier: resolves once every write applied before this call is
     /// durable per the engine's `Durability`. Await it from async code, or `wait()`.
     /// The call itself only queues (it blocks only when `MAX_QUEUED_SYNCS` callers

@@ -189,3 +189,27 @@ fn gossip_picks_a_live_peer_and_sometimes_a_down_one() {
     // Chance down / (live + 1) = 1/2.
     assert!((60..=140).contains(&down_picks), "{down_picks}");
 }
+
+/// A change ends when the other ring goes: each end is reported once, with the
+/// ring it left behind (without the joined node) and the one it made.
+#[test]
+fn the_end_of_a_change_is_reported_once_with_both_rings() {
+    let (membership, _) = table();
+    let joining = |state, heartbeat| Member {
+        state,
+        ..member(3, 1, heartbeat)
+    };
+    membership.merge(vec![joining(MemberState::Joining, 1)]);
+    assert!(membership.next_ring().is_some());
+    membership.merge(vec![joining(MemberState::Joined, 2)]);
+    assert!(membership.take_ended_changes().is_empty(), "not over yet");
+    membership.merge(vec![joining(MemberState::Normal, 3)]);
+    assert!(membership.next_ring().is_none());
+    let ended = membership.take_ended_changes();
+    assert_eq!(ended.len(), 1);
+    let (old, new) = &ended[0];
+    assert!(!old.nodes().any(|id| id == NodeId(3)));
+    assert!(new.nodes().any(|id| id == NodeId(3)));
+    assert!(Arc::ptr_eq(new, &membership.ring()));
+    assert!(membership.take_ended_changes().is_empty(), "reported once");
+}

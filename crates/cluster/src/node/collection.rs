@@ -117,6 +117,25 @@ impl Node {
     /// Storage errors (records before the failing one may be gone).
     pub fn forget(&self, records: &[(Key, Record)]) -> Result<Vec<bool>, NodeError> {
         debug_assert!(records.iter().all(|(_, record)| record.only_tombstones()));
+        self.remove_unchanged(records, false)
+    }
+
+    /// Drops this node's copies of records it no longer replicates (a ring change
+    /// gave their range to other nodes, which streamed them: `Topology::clean_up`),
+    /// each only if still stored exactly as given, as `forget` does (dot floor
+    /// first). Returns, per record, whether it was removed.
+    ///
+    /// # Errors
+    /// Storage errors (records before the failing one may be gone).
+    pub fn drop_copies(&self, records: &[(Key, Record)]) -> Result<Vec<bool>, NodeError> {
+        self.remove_unchanged(records, true)
+    }
+
+    fn remove_unchanged(
+        &self,
+        records: &[(Key, Record)],
+        copies: bool,
+    ) -> Result<Vec<bool>, NodeError> {
         let top = records
             .iter()
             .map(|(_, record)| record.context().max_counter(self.actor))
@@ -125,7 +144,11 @@ impl Node {
         self.raise_dot_floor(top)?;
         let mut removed = Vec::with_capacity(records.len());
         for (key, record) in records {
-            let gone = self.engine.remove_if(key, record)?;
+            let gone = if copies {
+                self.engine.drop_copy_if(key, record)?
+            } else {
+                self.engine.remove_if(key, record)?
+            };
             if gone {
                 let digest = super::digest(key, record);
                 self.trees
