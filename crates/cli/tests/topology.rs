@@ -498,6 +498,37 @@ async fn a_killed_node_is_removed_and_its_keys_are_back_on_n_live_nodes() {
         bad.len(),
         bad.first()
     );
+
+    // The removal outlives a restart of every survivor (each recorded it)...
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    for index in 0..3 {
+        cluster.restart_alone(index);
+    }
+    cluster.wait_for_members_on(&[0, 1, 2], 4).await;
+    for index in 0..3 {
+        assert_eq!(entry(&cluster, index, dead).await["status"], "left");
+    }
+    // ...so the removed node, back with its old data, joins again (streaming what
+    // it missed) instead of serving its old copies as a member.
+    cluster.restart_alone(dead);
+    wait_for_entry(
+        &cluster,
+        dead,
+        dead,
+        ("state", "normal"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let status = cluster.json(dead, "/v1/cluster/status").await;
+    assert_eq!(status["streaming"]["phase"], "joined", "{status}");
+    let bad = unreadable(&client, &urls(&cluster, &[0, 1, 2, 3]), &keys).await;
+    assert!(
+        bad.is_empty(),
+        "{} keys unreadable after it rejoined",
+        bad.len()
+    );
     cluster.stop().await;
 }
 

@@ -82,6 +82,38 @@ pub const MAX_SIBLINGS: usize = 64;
 
 /// Metadata name of `save_member_state`.
 const MEMBER_STATE: &str = "member_state";
+const LEFT_MEMBERS: &str = "left_members";
+
+/// Most members that left `Node::save_left_members` keeps (without their tokens,
+/// each fits in well under 128 bytes: within a metadata value).
+pub const MAX_SAVED_LEFT: usize = 256;
+
+/// `Node::saved_left_members`, straight from an engine (before a node exists).
+///
+/// # Errors
+/// Storage errors; `CorruptMetadata` when the stored list does not decode or holds
+/// a member that has not left, or too many.
+pub fn saved_left_members(engine: &dyn Engine) -> Result<Vec<ringkv_core::Member>, NodeError> {
+    let Some(raw) = engine.meta_get(LEFT_MEMBERS)? else {
+        return Ok(Vec::new());
+    };
+    let corrupt = NodeError::CorruptMetadata {
+        name: LEFT_MEMBERS,
+        len: raw.len(),
+    };
+    let members: Vec<ringkv_core::Member> = postcard::from_bytes(&raw).map_err(|_| corrupt)?;
+    if members.len() > MAX_SAVED_LEFT
+        || members
+            .iter()
+            .any(|member| member.state != ringkv_core::MemberState::Left)
+    {
+        return Err(NodeError::CorruptMetadata {
+            name: LEFT_MEMBERS,
+            len: raw.len(),
+        });
+    }
+    Ok(members)
+}
 
 /// `Node::saved_member_state`, straight from an engine (before a node exists).
 ///
@@ -331,6 +363,39 @@ impl Node {
             ringkv_core::MemberState::Drained => 5,
         };
         self.engine.meta_put(MEMBER_STATE, &[code])?;
+        Ok(())
+    }
+
+    /// Records the members that left the ring (decommissioned or removed; at most
+    /// `MAX_SAVED_LEFT`, without their tokens), so a restart of every node does not
+    /// forget a removal: a removed node coming back must hear it was removed, not
+    /// serve its stale data as a member.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn save_left_members(&self, members: &[ringkv_core::Member]) -> Result<(), NodeError> {
+        let left: Vec<ringkv_core::Member> = members
+            .iter()
+            .filter(|member| member.state == ringkv_core::MemberState::Left)
+            .take(MAX_SAVED_LEFT)
+            .map(|member| ringkv_core::Member {
+                tokens: Vec::new(),
+                vnodes: 0,
+                ..member.clone()
+            })
+            .collect();
+        let mut left = left;
+        let encoded = loop {
+            let encoded = postcard::to_allocvec(&left).map_err(|_| NodeError::CorruptMetadata {
+                name: LEFT_MEMBERS,
+                len: 0,
+            })?;
+            // Long addresses could overflow a metadata value: keep what fits.
+            if encoded.len() <= ringkv_storage::MAX_META_VALUE_BYTES || left.pop().is_none() {
+                break encoded;
+            }
+        };
+        self.engine.meta_put(LEFT_MEMBERS, &encoded)?;
         Ok(())
     }
 
@@ -589,6 +654,40 @@ mod tests {
             Body::Bytes(b) => b.clone(),
             other => panic!("unexpected body {other:?}"),
         }
+    }
+
+    /// The departed members survive in metadata (without tokens, so any number of
+    /// vnodes fits), only members that left are kept, and garbage is an error.
+    #[test]
+    fn departed_members_round_trip_and_garbage_is_refused() {
+        let (node, _) = node(ConflictPolicy::Siblings);
+        let member = |id: u64, state| ringkv_core::Member {
+            id: ringkv_core::NodeId(id),
+            generation: 1_001,
+            heartbeat: 7,
+            state,
+            peer_addr: format!("127.0.0.1:{}", 7000 + id),
+            http_addr: String::new(),
+            resp_addr: String::new(),
+            vnodes: 256,
+            tokens: (0..256).map(ringkv_core::Token).collect(),
+        };
+        assert!(saved_left_members(node.engine.as_ref()).unwrap().is_empty());
+        node.save_left_members(&[
+            member(1, ringkv_core::MemberState::Left),
+            member(2, ringkv_core::MemberState::Normal),
+        ])
+        .unwrap();
+        let saved = saved_left_members(node.engine.as_ref()).unwrap();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved[0].id, ringkv_core::NodeId(1));
+        assert_eq!(saved[0].generation, 1_001);
+        assert!(saved[0].tokens.is_empty() && saved[0].vnodes == 0);
+        node.engine.meta_put(LEFT_MEMBERS, &[0xff; 9]).unwrap();
+        assert!(matches!(
+            saved_left_members(node.engine.as_ref()),
+            Err(NodeError::CorruptMetadata { .. })
+        ));
     }
 
     #[test]

@@ -162,6 +162,8 @@ pub struct Topology {
     progress: Mutex<Progress>,
     /// Copies dropped by `clean_up` since start.
     dropped: std::sync::atomic::AtomicU64,
+    /// The departed members `record_departures` saved last, as (id, generation).
+    departures: Mutex<Vec<(NodeId, u64)>>,
 }
 
 /// Why moving one piece stopped.
@@ -206,6 +208,7 @@ impl Topology {
             settings,
             progress: Mutex::new(Progress::default()),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            departures: Mutex::new(Vec::new()),
         }
     }
 
@@ -542,6 +545,48 @@ impl Topology {
         // writing to this one after it stops.
         self.announce_to_all("left").await;
         self.finish(Phase::Left);
+    }
+
+    /// Regular upkeep after ring changes (every gossip interval): records the
+    /// members that left, and drops copies a finished change gave away.
+    pub async fn upkeep(&self) {
+        self.record_departures().await;
+        self.clean_up().await;
+    }
+
+    /// Saves the members that left (`Node::save_left_members`) when they changed
+    /// since the last save: membership lives in memory, and a removal every node
+    /// forgot in a restart would let the removed node serve again.
+    pub async fn record_departures(&self) {
+        let me = self.membership.me();
+        let left: Vec<ringkv_core::Member> = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|m| m.id != me && m.state == MemberState::Left)
+            .collect();
+        let seen: Vec<(NodeId, u64)> = left.iter().map(|m| (m.id, m.generation)).collect();
+        if *self
+            .departures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            == seen
+        {
+            return;
+        }
+        let node = self.node.clone();
+        match offload(self.spawner.as_ref(), move || node.save_left_members(&left)).await {
+            Some(Ok(())) => {
+                *self
+                    .departures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = seen;
+            }
+            Some(Err(error)) => {
+                tracing::warn!("cannot record the members that left: {error}");
+            }
+            None => {}
+        }
     }
 
     /// Drops the copies this node keeps of ranges a change that ended gave to other

@@ -75,16 +75,16 @@ pub(crate) async fn anti_entropy(
     .await;
 }
 
-/// Drops the copies of ranges a finished ring change gave to other nodes
-/// (`Topology::clean_up`), checked every `interval` (the gossip interval: soon
-/// after this node learns that a change ended).
-pub(crate) async fn clean_up(
+/// Ring-change upkeep (`Topology::upkeep`): records the members that left and
+/// drops the copies of ranges a finished change gave to other nodes, every
+/// `interval` (the gossip interval: soon after this node learns of it).
+pub(crate) async fn upkeep(
     topology: Arc<ringkv_cluster::topology::Topology>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     every(interval, interval, shutdown, |_| async {
-        topology.clean_up().await;
+        topology.upkeep().await;
     })
     .await;
 }

@@ -262,6 +262,8 @@ async fn remove_node(
                 ApiError::Conflict(error.to_string())
             }
         })?;
+    // Recorded before the answer: the removal outlives a restart of this node.
+    app.topology.record_departures().await;
     let (answered, asked) = membership
         .announce(
             coordinator.transport(),

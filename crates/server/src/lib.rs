@@ -211,6 +211,18 @@ impl Server {
                 permanent_ms: config.permanent_failure_threshold_ms,
             },
         ));
+        // The members this node knew had left (a restart must not forget a
+        // removal: the removed node, back, must hear it rather than serve).
+        let departed = {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || {
+                ringkv_cluster::node::saved_left_members(engine.as_ref())
+            })
+            .await
+            .map_err(|error| StartError::Task(error.to_string()))?
+            .map_err(|error| StartError::Task(error.to_string()))?
+        };
+        membership.merge(departed.into_iter().filter(|m| m.id != me).collect());
         // Few threads drain replica work in batches; see `blocking` (measured: on two
         // cores one thread per node beat two by a third in throughput and p99).
         let threads = std::thread::available_parallelism()
@@ -509,7 +521,7 @@ impl Server {
             )
             .with_collector(collector.clone()),
         );
-        tasks.spawn(background::clean_up(
+        tasks.spawn(background::upkeep(
             topology.clone(),
             gossip_interval,
             shutdown.clone(),

@@ -246,6 +246,15 @@ impl World {
             sim: Arc::downgrade(&self.sim),
         });
         let membership = Arc::new(Membership::new(me, clock.clone(), DETECTOR));
+        // As `server` starts: the departures it recorded, then what a peer knows.
+        match ringkv_cluster::node::saved_left_members(self.engines[index].as_ref()) {
+            Ok(departed) => {
+                membership.merge(departed);
+            }
+            Err(error) => self.sim.log(&format!(
+                "n{index}: cannot load the departed members: {error}"
+            )),
+        }
         membership.merge(self.seed_view(index));
         // As `server` starts: a node the cluster says has left (its disk lost
         // since, or the news of it unrecorded) joins again.
@@ -455,7 +464,7 @@ impl World {
         self.spawn_rounds(index, GOSSIP_INTERVAL_MS, move || {
             let topology = topology.clone();
             Box::pin(async move {
-                topology.clean_up().await;
+                topology.upkeep().await;
             })
         });
         if lock(&self.sim.core).anti_entropy {
