@@ -1,4 +1,6 @@
-//! Key-value commands: thin HTTP calls to one node (`--url`, `RINGKV_URL`).
+//! Key-value commands through the SDK (`ringkv-client`), which reaches the
+//! cluster through `--url` (`RINGKV_URL`) and then each key's replicas; the
+//! cluster commands are thin HTTP calls to that node.
 
 use std::process::ExitCode;
 
@@ -56,22 +58,6 @@ pub struct DeleteArgs {
     url: UrlArgs,
 }
 
-/// `/v1/kv/{key}` with every byte outside the unreserved set percent-encoded.
-fn kv_url(base: &str, key: &str, quorum: Option<(&str, u8)>) -> String {
-    let mut url = format!("{}/v1/kv/", base.trim_end_matches('/'));
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            url.push(char::from(byte));
-        } else {
-            url.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    if let Some((name, count)) = quorum {
-        url.push_str(&format!("?{name}={count}"));
-    }
-    url
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -101,68 +87,109 @@ pub fn fail(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
     bail!("{code} (HTTP {status}): {message}")
 }
 
+/// A client of the cluster through `url` (it fetches the ring there and talks to
+/// each key's replicas directly).
+async fn client(url: &str) -> anyhow::Result<ringkv_client::Client> {
+    ringkv_client::Client::connect(&[url], ringkv_client::Options::default())
+        .await
+        .with_context(|| format!("cannot reach the cluster at {url} (is the node running?)"))
+}
+
+fn print_error(error: ringkv_client::Error) -> anyhow::Result<ExitCode> {
+    bail!("{error}")
+}
+
 pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
-    let mut body = json!({"value": args.value});
-    if let Some(ttl) = args.ttl {
-        body["ttl"] = json!(ttl);
+    runtime()?.block_on(async {
+        let client = client(&args.url.url).await?;
+        let options = ringkv_client::WriteOptions {
+            w: args.w,
+            ttl: args.ttl.map(std::time::Duration::from_secs),
+            version: args.version_token.map(ringkv_client::Version::from_token),
+        };
+        match client
+            .put(args.key.as_bytes(), args.value.into_bytes(), &options)
+            .await
+        {
+            Ok(version) => {
+                println!("ok version={version}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => print_error(error),
+        }
+    })
+}
+
+/// Text if it is UTF-8, else `(base64) ...`.
+fn show(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => {
+            use base64::Engine as _;
+            format!(
+                "(base64) {}",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            )
+        }
     }
-    if let Some(token) = args.version_token {
-        body["version"] = json!(token);
-    }
-    let url = kv_url(&args.url.url, &args.key, args.w.map(|w| ("w", w)));
-    let (status, answer) = send(reqwest::Client::new().put(url).json(&body))?;
-    if status != 200 {
-        return fail(status, &answer);
-    }
-    println!("ok version={}", answer["version"].as_str().unwrap_or(""));
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
-    let url = kv_url(&args.url.url, &args.key, args.r.map(|r| ("r", r)));
-    let (status, answer) = send(reqwest::Client::new().get(url))?;
-    match status {
-        200 | 300 if args.json => println!("{answer:#}"),
-        200 => match (&answer["value"], &answer["value_base64"]) {
-            (Value::String(text), _) => println!("{text}"),
-            (_, Value::String(encoded)) => println!("(base64) {encoded}"),
-            _ => println!("{answer}"),
-        },
-        300 => {
-            let siblings = answer["siblings"]
-                .as_array()
-                .or(answer["siblings_base64"].as_array());
-            let siblings = siblings.map(Vec::as_slice).unwrap_or_default();
-            println!(
-                "{} concurrent values (write with --version-token to resolve):",
-                siblings.len()
-            );
-            for sibling in siblings {
-                println!("  {}", sibling.as_str().unwrap_or(""));
+    runtime()?.block_on(async {
+        let client = client(&args.url.url).await?;
+        let options = ringkv_client::ReadOptions { r: args.r };
+        let read = match client.get(args.key.as_bytes(), &options).await {
+            Ok(read) => read,
+            Err(error) => return print_error(error),
+        };
+        match read {
+            None => {
+                eprintln!("not found");
+                return Ok(ExitCode::from(1));
             }
-            println!("version={}", answer["version"].as_str().unwrap_or(""));
+            Some(ringkv_client::Read::Value(value)) if args.json => println!(
+                "{:#}",
+                json!({"value": show(&value.bytes), "version": value.version.as_str()})
+            ),
+            Some(ringkv_client::Read::Value(value)) => println!("{}", show(&value.bytes)),
+            Some(ringkv_client::Read::Siblings(siblings)) if args.json => println!(
+                "{:#}",
+                json!({
+                    "siblings": siblings.values.iter().map(|v| show(v)).collect::<Vec<_>>(),
+                    "version": siblings.version.as_str(),
+                })
+            ),
+            Some(ringkv_client::Read::Siblings(siblings)) => {
+                println!(
+                    "{} concurrent values (write with --version-token to resolve):",
+                    siblings.values.len()
+                );
+                for value in &siblings.values {
+                    println!("  {}", show(value));
+                }
+                println!("version={}", siblings.version);
+            }
         }
-        404 => {
-            eprintln!("not found");
-            return Ok(ExitCode::from(1));
-        }
-        _ => return fail(status, &answer),
-    }
-    Ok(ExitCode::SUCCESS)
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let url = kv_url(&args.url.url, &args.key, args.w.map(|w| ("w", w)));
-    let mut request = reqwest::Client::new().delete(url);
-    if let Some(token) = args.version_token {
-        request = request.json(&json!({"version": token}));
-    }
-    let (status, answer) = send(request)?;
-    if status != 200 {
-        return fail(status, &answer);
-    }
-    println!("ok version={}", answer["version"].as_str().unwrap_or(""));
-    Ok(ExitCode::SUCCESS)
+    runtime()?.block_on(async {
+        let client = client(&args.url.url).await?;
+        let options = ringkv_client::WriteOptions {
+            w: args.w,
+            ttl: None,
+            version: args.version_token.map(ringkv_client::Version::from_token),
+        };
+        match client.delete(args.key.as_bytes(), &options).await {
+            Ok(version) => {
+                println!("ok version={version}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => print_error(error),
+        }
+    })
 }
 
 pub fn status(args: UrlArgs) -> anyhow::Result<ExitCode> {
@@ -249,17 +276,4 @@ pub fn ring(args: UrlArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_percent_encoded() {
-        assert_eq!(
-            kv_url("http://h:1/", "a/b c", Some(("w", 2))),
-            "http://h:1/v1/kv/a%2Fb%20c?w=2"
-        );
-    }
 }

@@ -309,6 +309,8 @@ async fn cluster_ring(State(app): State<Arc<AppState>>) -> Json<Value> {
     let nodes = members_json(&app, |member, ownership| {
         json!({
             "id": member.id.0,
+            "state": member.state.as_str(),
+            "http_addr": member.http_addr,
             "vnodes": member.vnodes,
             "ownership": ownership,
             "tokens": member.tokens.iter().map(ToString::to_string).collect::<Vec<_>>(),
