@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::Cluster;
 use ringkv_client::{Client, Options, Read, ReadOptions, WriteOptions};
-use serde_json::Value;
 
 fn options() -> Options {
     Options {
@@ -34,7 +33,7 @@ async fn preference_urls(cluster: &Cluster, key: &str) -> Vec<String> {
             let node = cluster
                 .nodes
                 .iter()
-                .find(|node| Value::from(node.node_id) == *id)
+                .find(|node| id.as_u64() == Some(node.node_id))
                 .unwrap();
             format!("http://{}", node.http_addr)
         })
