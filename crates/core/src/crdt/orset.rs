@@ -50,6 +50,16 @@ impl OrSet {
         self.entries.is_empty()
     }
 
+    /// The dots of the adds that hold `element` in the set.
+    pub fn dots(&self, element: &str) -> impl Iterator<Item = Dot> + '_ {
+        self.entries.get(element).into_iter().flat_map(|dots| {
+            dots.iter().map(|(actor, counter)| Dot {
+                actor: crate::dvv::ActorId(*actor),
+                counter: *counter,
+            })
+        })
+    }
+
     /// The elements, sorted.
     pub fn elements(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
