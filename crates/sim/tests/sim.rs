@@ -196,6 +196,15 @@ fn the_checkers_catch_a_replica_ignoring_the_write_context() {
     assert!(caught.is_some(), "the canary went unnoticed");
 }
 
+/// A replica that applies CRDT operations to an empty state (no read-modify-write)
+/// loses increments and adds other writes put in the states it superseded: the
+/// counter-bound checker must see it within 20 seeds.
+#[test]
+fn the_checkers_catch_a_crdt_operation_applied_to_an_empty_state() {
+    let caught = first_caught(Canary::CrdtOnEmptyState, 0..20, "outside");
+    assert!(caught.is_some(), "the canary went unnoticed");
+}
+
 /// A replica that answers a write with only its new dot, not the version the
 /// client sent, breaks read-your-writes for a client passing its version: the
 /// version checker must see it within 200 seeds.
