@@ -466,8 +466,17 @@ impl Node {
     /// holds for the key, so siblings only come from writes coordinated elsewhere at
     /// the same time.
     ///
+    /// A CRDT operation (`WriteBody::Crdt`) is applied to the join of the live
+    /// states the record holds and supersedes every version held (see
+    /// `ringkv_core::crdt::apply`); a delete of a key holding a live CRDT also
+    /// supersedes every version held.
+    ///
     /// # Errors
-    /// Storage errors (the write was not applied) or a ttl past the end of time.
+    /// Storage errors (the write was not applied), a ttl past the end of time,
+    /// `TooManySiblings`; `WrongType` for a value written over a live CRDT or an
+    /// operation on a key holding another type, `InvalidOperation` for a CRDT limit,
+    /// `CorruptState` for a stored state that does not decode. Nothing is written
+    /// on error.
     pub fn write(&self, write: Write) -> Result<Written, NodeError> {
         let now_ms = self.clock.now_ms();
         let expires_at_ms = match write.ttl {
