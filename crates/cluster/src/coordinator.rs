@@ -59,6 +59,9 @@ pub enum CoordinatorError {
     Internal(String),
     #[error("{0}")]
     Refused(String),
+    /// The key holds another type (409 `wrong_type`).
+    #[error("{0}")]
+    WrongType(String),
 }
 
 impl From<PeerError> for CoordinatorError {
@@ -75,6 +78,7 @@ impl From<PeerError> for CoordinatorError {
             PeerError::Invalid { message } => CoordinatorError::Invalid(message),
             PeerError::Internal { message } => CoordinatorError::Internal(message),
             PeerError::Refused { message } => CoordinatorError::Refused(message),
+            PeerError::WrongType { message } => CoordinatorError::WrongType(message),
             error @ PeerError::HintsFull { .. } => {
                 CoordinatorError::Internal(format!("unexpected answer: {error:?}"))
             }
@@ -101,6 +105,9 @@ impl From<&CoordinatorError> for PeerError {
                 message: message.clone(),
             },
             CoordinatorError::Refused(message) => PeerError::Refused {
+                message: message.clone(),
+            },
+            CoordinatorError::WrongType(message) => PeerError::WrongType {
                 message: message.clone(),
             },
         }

@@ -9,8 +9,9 @@
 //! target's round. Hints older than `hint_ttl_ms` are dropped, counted: anti-entropy
 //! repairs what they carried.
 //!
-//! Hints for a node that left the ring (decommissioned, or removed as dead) go to
-//! the key's current replicas instead: the hint may be the only copy the write has
+//! Hints for a node that left the ring (decommissioned, or removed as dead), and
+//! every hint a node holds once it left itself, go to the key's current replicas
+//! instead: the hint may be the only copy the write has
 //! beyond its other replicas. Each is forgotten once every replica not detected
 //! down (and at least one) acknowledged it.
 
@@ -87,10 +88,13 @@ impl Handoff {
                 break;
             }
             // (A target not known yet, as after a restart, is not one that left.)
-            let left = self
-                .membership
-                .member(target)
-                .is_some_and(|member| member.state == MemberState::Left);
+            // A node that left itself does not wait for its targets to come
+            // back: it hands everything to the keys' live replicas and goes.
+            let left = self.membership.my_state() == MemberState::Left
+                || self
+                    .membership
+                    .member(target)
+                    .is_some_and(|member| member.state == MemberState::Left);
             if left {
                 self.redirect(target, &mut report).await;
                 continue;

@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringkv_core::merkle::{FANOUT, Forest, key_digest};
 use ringkv_core::{
-    ActorId, Body, ConflictPolicy, Context, HlcClock, Key, NodeId, Record, Sibling, TokenRange,
+    ActorId, Body, ConflictPolicy, Context, CrdtError, HlcClock, Key, NodeId, Operation, Record,
+    Sibling, TokenRange, crdt,
 };
 use ringkv_storage::{Engine, Hint, HintStats, StorageError, SyncWait};
 
@@ -29,6 +30,9 @@ use collection::ArcChanges;
 pub enum WriteBody {
     Value(Bytes),
     Delete,
+    /// An operation on the CRDT the key holds (or a new one): applied to the join of
+    /// the states this replica holds, superseding them (see `ringkv_core::crdt`).
+    Crdt(Operation),
 }
 
 /// One client write, validated at the edge.
@@ -71,6 +75,25 @@ pub enum NodeError {
     HintsFull { held_bytes: u64, max_bytes: u64 },
     #[error("stored metadata {name} is corrupt ({len} bytes)")]
     CorruptMetadata { name: &'static str, len: usize },
+    /// The key holds another type (bytes, or another CRDT type).
+    #[error("{0}")]
+    WrongType(String),
+    /// A CRDT operation breaks a limit or is malformed.
+    #[error("{0}")]
+    InvalidOperation(String),
+    /// A stored CRDT state does not decode (left untouched).
+    #[error("{0}")]
+    CorruptState(String),
+}
+
+impl From<CrdtError> for NodeError {
+    fn from(error: CrdtError) -> NodeError {
+        match error {
+            CrdtError::WrongType { .. } => NodeError::WrongType(error.to_string()),
+            CrdtError::Invalid(message) => NodeError::InvalidOperation(message),
+            CrdtError::Corrupt(_) => NodeError::CorruptState(error.to_string()),
+        }
+    }
 }
 
 /// Most versions (siblings, tombstones included) a client write may leave on a key.
@@ -512,8 +535,17 @@ impl Node {
     /// holds for the key, so siblings only come from writes coordinated elsewhere at
     /// the same time.
     ///
+    /// A CRDT operation (`WriteBody::Crdt`) is applied to the join of the live
+    /// states the record holds and supersedes every version held (see
+    /// `ringkv_core::crdt::apply`); a delete of a key holding a live CRDT also
+    /// supersedes every version held.
+    ///
     /// # Errors
-    /// Storage errors (the write was not applied) or a ttl past the end of time.
+    /// Storage errors (the write was not applied), a ttl past the end of time,
+    /// `TooManySiblings`; `WrongType` for a value written over a live CRDT or an
+    /// operation on a key holding another type, `InvalidOperation` for a CRDT limit,
+    /// `CorruptState` for a stored state that does not decode. Nothing is written
+    /// on error.
     pub fn write(&self, write: Write) -> Result<Written, NodeError> {
         let now_ms = self.clock.now_ms();
         let expires_at_ms = match write.ttl {
@@ -527,17 +559,17 @@ impl Node {
                     })?,
             ),
         };
-        let body = match write.body {
-            WriteBody::Value(bytes) => Body::Bytes(bytes),
-            WriteBody::Delete => Body::Tombstone,
-        };
         let mut version = write.seen.clone();
         let mut written = None;
-        let mut too_many = None;
+        let mut refused: Option<NodeError> = None;
         let stored = self.apply(&write.key, &mut |stored| {
             let mut record = stored.unwrap_or_default();
             let mut seen = write.seen.clone();
-            if self.policy == ConflictPolicy::Lww {
+            let holds_crdt = crdt::holds_crdt(&record, now_ms);
+            if self.policy == ConflictPolicy::Lww || holds_crdt {
+                // A delete of a CRDT key removes what this replica holds of it (a
+                // CRDT read shows no version to send back); writes concurrent with
+                // it elsewhere survive, as under LWW.
                 seen.join(record.context());
             }
             let hlc = {
@@ -547,23 +579,58 @@ impl Node {
                 }
                 clock.now(now_ms)
             };
+            let body = match &write.body {
+                WriteBody::Value(bytes) => Body::Bytes(bytes.clone()),
+                WriteBody::Delete => Body::Tombstone,
+                WriteBody::Crdt(operation) => {
+                    // Under the key's lock: two operations racing on this node both
+                    // count, the second applied to the state the first left.
+                    return match crdt::apply(
+                        &mut record,
+                        operation,
+                        self.actor,
+                        self.dot_floor(),
+                        hlc,
+                        now_ms,
+                    ) {
+                        Ok(_) => {
+                            written = Some(record.context().clone());
+                            Some(record)
+                        }
+                        Err(error) => {
+                            refused = Some(error.into());
+                            None
+                        }
+                    };
+                }
+            };
+            if holds_crdt && matches!(body, Body::Bytes(_)) {
+                refused = Some(NodeError::WrongType(
+                    "key holds a CRDT, not a plain value; use /v1/crdt/{type}/{key}, or \
+                     delete it first"
+                        .into(),
+                ));
+                return None;
+            }
             let sibling = Sibling {
                 hlc,
                 expires_at_ms,
-                body: body.clone(),
+                body,
             };
             let dot = record.update_above(&seen, self.actor, self.dot_floor(), sibling);
             if record.len() > MAX_SIBLINGS {
                 // Refused, nothing stored: the record would only keep growing.
-                too_many = Some(record.len() - 1);
+                refused = Some(NodeError::TooManySiblings {
+                    siblings: record.len() - 1,
+                });
                 return None;
             }
             seen.insert(dot);
             written = Some(seen);
             Some(record)
         })?;
-        if let Some(siblings) = too_many {
-            return Err(NodeError::TooManySiblings { siblings });
+        if let Some(error) = refused {
+            return Err(error);
         }
         if let Some(seen) = written {
             version = seen;

@@ -52,11 +52,13 @@ impl From<NodeError> for PeerError {
                 held_bytes,
                 max_bytes,
             },
-            NodeError::TtlOverflow { .. } | NodeError::TooManySiblings { .. } => {
-                PeerError::Invalid {
-                    message: error.to_string(),
-                }
-            }
+            NodeError::TtlOverflow { .. }
+            | NodeError::TooManySiblings { .. }
+            | NodeError::InvalidOperation(_) => PeerError::Invalid {
+                message: error.to_string(),
+            },
+            NodeError::WrongType(message) => PeerError::WrongType { message },
+            NodeError::CorruptState(message) => PeerError::Corrupt { message },
             NodeError::Storage(_) | NodeError::CorruptMetadata { .. } => PeerError::Internal {
                 message: error.to_string(),
             },
@@ -79,12 +81,24 @@ pub fn decode_write(write: WireWrite) -> Result<Write, PeerError> {
     let key = Key::from_stored(write.key).map_err(|error| invalid(format!("bad key: {error}")))?;
     let seen = Context::from_bytes(&write.seen)
         .map_err(|error| invalid(format!("bad version: {error}")))?;
+    let body = match (write.value, write.crdt) {
+        (Some(value), None) => WriteBody::Value(value),
+        (None, None) => WriteBody::Delete,
+        (None, Some(operation)) => {
+            operation
+                .validate()
+                .map_err(|error| invalid(format!("bad CRDT operation: {error}")))?;
+            WriteBody::Crdt(operation)
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "a write with both a value and a CRDT operation".into(),
+            ));
+        }
+    };
     Ok(Write {
         key,
-        body: match write.value {
-            Some(value) => WriteBody::Value(value),
-            None => WriteBody::Delete,
-        },
+        body,
         seen,
         ttl: write.ttl_ms.map(Duration::from_millis),
     })
@@ -96,7 +110,11 @@ pub fn encode_write(write: &Write) -> WireWrite {
         key: write.key.to_bytes(),
         value: match &write.body {
             WriteBody::Value(value) => Some(value.clone()),
-            WriteBody::Delete => None,
+            WriteBody::Delete | WriteBody::Crdt(_) => None,
+        },
+        crdt: match &write.body {
+            WriteBody::Crdt(operation) => Some(operation.clone()),
+            WriteBody::Value(_) | WriteBody::Delete => None,
         },
         seen: Bytes::from(write.seen.to_bytes()),
         ttl_ms: write

@@ -544,6 +544,10 @@ impl Topology {
         // Done only once every member knows: a node that missed it would keep
         // writing to this one after it stops.
         self.announce_to_all("left").await;
+        // And once the hints it holds are handed to their keys' replicas
+        // (`Handoff` redirects them all once this node left): they may be the
+        // only copy of an acknowledged write beyond its other replicas.
+        self.drain_hints().await;
         self.finish(Phase::Left);
     }
 
@@ -653,6 +657,22 @@ impl Topology {
             metrics::counter!("ringkv_cleanup_dropped_total").increment(dropped);
         }
         dropped
+    }
+
+    /// Waits until this node holds no hints (the handoff loop delivers them),
+    /// saying how many are left in the progress meanwhile.
+    async fn drain_hints(&self) {
+        loop {
+            let held = self.node.hint_stats().total().hints;
+            if held == 0 {
+                self.update(|progress| progress.retrying = None);
+                return;
+            }
+            self.update(|progress| {
+                progress.retrying = Some(format!("{held} hints still to hand off"));
+            });
+            self.spawner.sleep(RETRY_MIN).await;
+        }
     }
 
     /// Every piece of range `me` replicates now, with the nodes that replicate it

@@ -9,6 +9,8 @@
 //! * `hlc`: `Hlc`, `HlcClock`.
 //! * `dvv`: `ActorId`, `Dot`, `Context`, `DvvSet` with `sync` / `update`.
 //! * `record`: `Record` (siblings of a key), `Sibling`, `Body`, `ReadView`, `ConflictPolicy`.
+//! * `crdt`: CRDT record bodies (`CrdtState`, `Operation`), joined on read, applied on
+//!   write (`crdt::apply`).
 //! * `codec`: the stored record format and the client version token.
 //! * `member`: `NodeId`, `Member` (what nodes tell each other about a node).
 //! * `merkle`: `RangeTree` / `Forest`, XOR Merkle trees over token ranges (anti-entropy).
@@ -20,6 +22,7 @@
 //! `MAX_VERSION_TOKEN_LEN`; dot counters ≤ `MAX_COUNTER`.
 
 pub mod codec;
+pub mod crdt;
 pub mod dvv;
 pub mod hlc;
 pub mod key;
@@ -31,6 +34,7 @@ pub mod token;
 pub mod wire;
 
 pub use codec::{DecodeRecordError, MAX_VERSION_TOKEN_LEN, ParseVersionError};
+pub use crdt::{CrdtError, CrdtState, CrdtType, CrdtValue, Operation};
 pub use dvv::{ActorId, Context, Dot, DvvSet, MAX_COUNTER};
 pub use hlc::{Hlc, HlcClock};
 pub use key::{Key, Limits, MAX_KEY_BYTES, ParseKeyError};

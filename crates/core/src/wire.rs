@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::TokenRange;
+use crate::crdt::Operation;
 use crate::member::{Member, NodeId};
 
 /// Most arcs one `TreeRoots` may ask about.
@@ -21,15 +22,18 @@ pub const MAX_RECORDS_PER_PAGE: usize = 4_096;
 pub const MAX_PAGE_BYTES: u32 = 8 << 20;
 
 /// Version of the peer protocol; a handshake with another version is refused.
-/// 4: member states `Joined` and `Drained` (the second phase of a ring change).
+/// 4: member states `Joined` and `Drained` (the second phase of a ring change);
+/// CRDT operations in `WireWrite`, `PeerError::WrongType`.
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A client write as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireWrite {
     pub key: Bytes,
-    /// `None` is a delete.
+    /// `None` is a delete (or a CRDT operation, when `crdt` is set).
     pub value: Option<Bytes>,
+    /// A CRDT operation (validated on receipt with `Operation::validate`).
+    pub crdt: Option<Operation>,
     /// `Context::to_bytes` of the version the client sent (empty context: blind write).
     pub seen: Bytes,
     pub ttl_ms: Option<u64>,
@@ -146,6 +150,9 @@ pub enum PeerError {
     Internal { message: String },
     /// The receiver already holds `max_bytes` of hints and takes no more.
     HintsFull { held_bytes: u64, max_bytes: u64 },
+    /// The key holds another type than the request is about (bytes, or another
+    /// CRDT type).
+    WrongType { message: String },
     /// The request is valid but cannot be done in the cluster's state now (a
     /// decommission that would leave fewer than N nodes, one already under way).
     Refused { message: String },

@@ -34,6 +34,10 @@ pub enum ApiError {
     /// A node id no member has.
     #[error("{0}")]
     UnknownNode(String),
+    /// The key holds another type than the request is about: bytes under
+    /// `/v1/crdt`, a CRDT under `/v1/kv`, or another CRDT type.
+    #[error("{0}")]
+    WrongType(String),
 }
 
 impl ApiError {
@@ -47,6 +51,7 @@ impl ApiError {
             ApiError::Corrupt(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnknownNode(_) => StatusCode::NOT_FOUND,
+            ApiError::WrongType(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -61,6 +66,7 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::Conflict(_) => "conflict",
             ApiError::UnknownNode(_) => "unknown_node",
+            ApiError::WrongType(_) => "wrong_type",
         }
     }
 

@@ -1,4 +1,5 @@
-//! The HTTP API of DESIGN.md §7: `/v1/kv/{key}`, `/health`, `/metrics`,
+//! The HTTP API of DESIGN.md §7: `/v1/kv/{key}`, `/v1/crdt/{type}/{key}` (in
+//! `crdt_api`), `/health`, `/metrics`,
 //! `/v1/cluster/status`, `/v1/cluster/ring`, `/v1/debug/key/{key}`. Handlers parse
 //! (see `request`) and hand typed values to the coordinator, which answers once the
 //! quorum holds the write durably.
@@ -48,6 +49,10 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/kv/{*key}", get(get_kv).put(put_kv).delete(delete_kv))
+        .route(
+            "/v1/crdt/{*rest}",
+            get(crate::crdt_api::get_crdt).post(crate::crdt_api::update_crdt),
+        )
         .route("/v1/kv", any(empty_key))
         .route("/v1/kv/", any(empty_key))
         .route("/health", get(health))
@@ -364,7 +369,7 @@ impl AppState {
     /// configured default. An explicit count above N is a bad request. A key has
     /// min(N, members) replicas; a quorum above that cannot be met (503), and the
     /// defaults shrink to it (a cluster smaller than N).
-    fn required(
+    pub(crate) fn required(
         &self,
         query: &Query,
         key: &Key,
@@ -413,6 +418,7 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::Corrupt(message) => ApiError::Corrupt(message),
             CoordinatorError::Internal(message) => ApiError::Internal(message),
             CoordinatorError::Refused(message) => ApiError::Conflict(message),
+            CoordinatorError::WrongType(message) => ApiError::WrongType(message),
         }
     }
 }
@@ -493,8 +499,8 @@ fn sibling_bytes(sibling: &Sibling) -> Result<&Bytes, ApiError> {
         Body::Tombstone => Err(ApiError::Internal(
             "a tombstone was shown as a value".into(),
         )),
-        Body::Crdt(_) => Err(ApiError::invalid(
-            "this key holds a CRDT; read it under /v1/crdt/{type}/{key}",
+        Body::Crdt(_) => Err(ApiError::WrongType(
+            "key holds a CRDT, not a plain value; read it under /v1/crdt/{type}/{key}".into(),
         )),
     }
 }

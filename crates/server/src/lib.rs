@@ -18,6 +18,7 @@ pub mod alive;
 mod background;
 pub mod blocking;
 pub mod config;
+pub mod crdt_api;
 pub mod error;
 pub mod http;
 pub mod identity;

@@ -46,6 +46,8 @@ fn operation(method: &Method, path: Option<&str>) -> &'static str {
         (Some("/v1/kv/{*key}"), "GET") => "get",
         (Some("/v1/kv/{*key}"), "PUT") => "put",
         (Some("/v1/kv/{*key}"), "DELETE") => "delete",
+        (Some("/v1/crdt/{*rest}"), "GET") => "crdt_get",
+        (Some("/v1/crdt/{*rest}"), "POST") => "crdt_update",
         (Some("/health"), _) => "health",
         (Some("/metrics"), _) => "metrics",
         (Some("/v1/cluster/status"), _) => "cluster_status",

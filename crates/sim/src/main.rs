@@ -4,7 +4,7 @@
 //! `RINGKV_SIM_SEED=S ringkv-sim [--nodes K]` replays one seed with its trace.
 //! `--canary-durable` / `--canary-apply` / `--canary-actor` / `--canary-context` /
 //! `--canary-version` / `--canary-hints` / `--canary-ae` / `--canary-join` /
-//! `--canary-gc` plant a known bug (see `Canary`). `--gc` runs tombstone GC in
+//! `--canary-gc` / `--canary-crdt` plant a known bug (see `Canary`). `--gc` runs tombstone GC in
 //! every seed (normally one in four, `gc_for`).
 
 use std::io::Write as _;
@@ -88,6 +88,7 @@ fn parse() -> Result<Args, String> {
             "--canary-ae" => args.canary = Canary::AntiEntropySkipsRange,
             "--canary-join" => args.canary = Canary::JoinWithoutStreaming,
             "--canary-gc" => args.canary = Canary::CollectTombstonesAtOnce,
+            "--canary-crdt" => args.canary = Canary::CrdtOnEmptyState,
             "--gc" => args.gc = true,
             other => return Err(format!("unknown argument {other}")),
         }

@@ -366,6 +366,30 @@ fn update_forgetting_sent_version(target: &SimNode, write: WireWrite) -> PeerRes
     }
 }
 
+/// The `CrdtOnEmptyState` canary: before a CRDT operation, the replica deletes
+/// everything it holds of the key (so the operation starts from nothing and the
+/// result supersedes all of it).
+fn crdt_on_empty_state(target: &SimNode, write: WireWrite) -> PeerResponse {
+    if write.crdt.is_some()
+        && let Ok(key) = ringkv_core::Key::from_stored(write.key.clone())
+        && let Ok(Some(held)) = target.node.read_own(&key)
+    {
+        let wipe = ringkv_cluster::Write {
+            key,
+            body: ringkv_cluster::WriteBody::Delete,
+            seen: held.context().clone(),
+            ttl: None,
+        };
+        if let Err(error) = target.node.write(wipe) {
+            return internal(format!("canary wipe failed: {error}"));
+        }
+    }
+    target
+        .node
+        .handle_replica(PeerRequest::Update { write })
+        .response
+}
+
 fn internal(message: String) -> PeerResponse {
     PeerResponse::Error(PeerError::Internal { message })
 }
@@ -384,6 +408,9 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
         }
         PeerRequest::Update { write } if canary == Canary::ForgetSentVersion => {
             update_forgetting_sent_version(target, write)
+        }
+        PeerRequest::Update { write } if canary == Canary::CrdtOnEmptyState => {
+            crdt_on_empty_state(target, write)
         }
         PeerRequest::TreeRoots { arcs } if canary == Canary::AntiEntropySkipsRange => {
             let mut roots = target.node.tree_roots(&arcs);

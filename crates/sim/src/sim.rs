@@ -109,6 +109,10 @@ pub enum Canary {
     /// for anti-entropy to confirm the other replicas hold it, or for any floor:
     /// a replica that missed the delete brings the value back.
     CollectTombstonesAtOnce,
+    /// A replica applies a CRDT operation to an empty state, superseding what it
+    /// held (a write without the read-modify-write): counts and adds that only the
+    /// superseded states held are lost.
+    CrdtOnEmptyState,
 }
 
 /// The network's knobs and who can talk to whom.

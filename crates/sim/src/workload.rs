@@ -86,6 +86,9 @@ pub type History = Arc<Mutex<Vec<Entry>>>;
 #[derive(Debug, Clone)]
 pub struct Workload {
     pub clients: usize,
+    /// Clients doing CRDT operations on their own keys (`crdt::CRDT_KEYS`), each
+    /// half of `ops_per_client`.
+    pub crdt_clients: usize,
     pub ops_per_client: usize,
     pub replication_factor: u8,
     pub crashes: bool,

@@ -38,6 +38,9 @@
 //!   write hides it: one that superseded it, or under LWW one with a higher HLC
 //!   timestamp. After heal the merged record is checked the same way.
 //!
+//! CRDT keys (issue 8, `crdt`): their own clients and history; convergence as
+//! above, plus counter bounds and OR-set adds (see `check::crdt`).
+//!
 //! Purge and tombstone GC (issue 7) change what "still there" means, and the
 //! checkers know it from the ground truth of what nodes forgot (`Forgotten`, seen
 //! by their disks): an expired put may be a tombstone under its own dot; a write
@@ -47,6 +50,7 @@
 //! a delete superseded come back: "no resurrection" above is unchanged, and only
 //! records holding nothing but tombstones may be forgotten.
 
+mod crdt;
 mod state;
 mod versions;
 mod views;
@@ -59,6 +63,7 @@ use ringkv_core::{Body, ConflictPolicy, Context, Dot, Key, Record, Sibling};
 use crate::sim::{Applied, Forgotten};
 use crate::workload::{Entry, Op, Outcome};
 
+pub use crdt::crdt_invariants;
 pub use state::{
     convergence, dots_are_unique, hints_handed_off, no_acked_write_lost, no_invented_values,
     nothing_superseded_returns, only_tombstones_forgotten, stored,
