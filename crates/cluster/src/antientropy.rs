@@ -79,6 +79,19 @@ pub struct RoundReport {
     pub throttled_ms: u64,
 }
 
+impl RoundReport {
+    /// Adds what `other` (one arc's descent) counted, except the arcs compared.
+    fn add(&mut self, other: &RoundReport) {
+        self.leaves_differing += other.leaves_differing;
+        self.keys_pulled += other.keys_pulled;
+        self.keys_pushed += other.keys_pushed;
+        self.keys_collected += other.keys_collected;
+        self.record_bytes += other.record_bytes;
+        self.exchange_bytes += other.exchange_bytes;
+        self.throttled_ms += other.throttled_ms;
+    }
+}
+
 /// Keeps a transfer at `bytes_per_sec` on average: after moving bytes, the time to
 /// wait before moving more.
 #[derive(Debug, Clone, Copy)]
@@ -317,28 +330,71 @@ impl AntiEntropy {
         report: &mut RoundReport,
         throttle: &mut Throttle,
     ) -> Result<(), Stop> {
+        // One throttle for the arcs repaired at once.
+        let shared_throttle = Mutex::new(*throttle);
+        let outcome = self
+            .sync_chunks(peer, shared, report, &shared_throttle)
+            .await;
+        *throttle = *shared_throttle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        outcome
+    }
+
+    async fn sync_chunks(
+        &self,
+        peer: &Peer,
+        shared: &[TokenRange],
+        report: &mut RoundReport,
+        throttle: &Mutex<Throttle>,
+    ) -> Result<(), Stop> {
         for chunk in shared.chunks(MAX_ARCS_PER_REQUEST) {
             let (theirs, mine) = self.compare_roots(peer, chunk, report).await?;
-            let mut repaired_arcs = Vec::new();
+            let mut differing = Vec::new();
             for ((arc, mine), theirs) in chunk.iter().zip(mine).zip(theirs) {
                 let (Some(mine), Some(theirs)) = (mine, theirs) else {
                     continue; // One side has no tree of it (another ring view).
                 };
                 report.arcs_compared += 1;
-                if mine != theirs {
-                    report.arcs_differing += 1;
-                    let repaired = self.sync_arc(peer, *arc, report, throttle).await?;
-                    self.converged(*arc, repaired);
-                    repaired_arcs.push(*arc);
-                } else {
+                if mine == theirs {
                     self.converged(*arc, 0);
+                } else {
+                    differing.push(*arc);
+                }
+            }
+            report.arcs_differing += differing.len();
+            // Differing arcs descend `PARALLEL_ARCS` at a time: each descent is a
+            // chain of round trips, and a node refilled after a lost disk or a ring
+            // change differs in most of its arcs.
+            for batch in differing.chunks(PARALLEL_ARCS) {
+                let descents = batch
+                    .iter()
+                    .map(|arc| {
+                        let descent: ArcFuture<'_> = Box::pin(async move {
+                            let mut local = RoundReport::default();
+                            let repaired = self.sync_arc(peer, *arc, &mut local, throttle).await;
+                            (*arc, local, repaired)
+                        });
+                        descent
+                    })
+                    .collect();
+                let mut stopped = None;
+                for (arc, local, repaired) in join_all(descents).await {
+                    report.add(&local);
+                    match repaired {
+                        Ok(repaired) => self.converged(arc, repaired),
+                        Err(stop) => stopped = Some(stop),
+                    }
+                }
+                if let Some(stop) = stopped {
+                    return Err(stop);
                 }
             }
             // With tombstone GC, compare the repaired arcs once more: equal now, they
             // are confirmed without waiting for the next round with this peer (by
             // when, on a busy arc, something else will have changed).
-            if self.collector.is_some() && !repaired_arcs.is_empty() {
-                self.compare_roots(peer, &repaired_arcs, report).await?;
+            if self.collector.is_some() && !differing.is_empty() {
+                self.compare_roots(peer, &differing, report).await?;
             }
         }
         Ok(())
@@ -397,7 +453,7 @@ impl AntiEntropy {
         peer: &Peer,
         arc: TokenRange,
         report: &mut RoundReport,
-        throttle: &mut Throttle,
+        throttle: &Mutex<Throttle>,
     ) -> Result<u64, Stop> {
         let mut todo = Vec::new();
         let children = self.hashes(peer, arc, None, report).await?;
@@ -538,7 +594,7 @@ impl AntiEntropy {
         peer: &Peer,
         todo: &[(Key, bool)],
         report: &mut RoundReport,
-        throttle: &mut Throttle,
+        throttle: &Mutex<Throttle>,
     ) -> Result<u64, Stop> {
         let mut repaired = 0;
         for batch in todo.chunks(KEYS_AT_ONCE) {
@@ -570,13 +626,60 @@ impl AntiEntropy {
                 repaired += u64::from(!moved.collected);
             }
             report.record_bytes += moved_bytes;
-            if let Some(wait) = throttle.moved(moved_bytes, self.node.monotonic_ms()) {
+            let wait = throttle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .moved(moved_bytes, self.node.monotonic_ms());
+            if let Some(wait) = wait {
                 report.throttled_ms += u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 self.spawner.sleep(wait).await;
             }
         }
         Ok(repaired)
     }
+}
+
+/// Differing arcs descended at once, with one peer.
+const PARALLEL_ARCS: usize = 4;
+
+/// One arc's descent: its own report, merged into the round's afterwards.
+type ArcFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (TokenRange, RoundReport, Result<u64, Stop>)> + Send + 'a>,
+>;
+
+/// Runs every future to its end, together (no spawning: they borrow the round);
+/// their outputs in the order given.
+async fn join_all<T>(
+    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
+) -> Vec<T> {
+    let mut slots: Vec<(
+        Option<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
+        Option<T>,
+    )> = futures
+        .into_iter()
+        .map(|future| (Some(future), None))
+        .collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in &mut slots {
+            if let Some(running) = future {
+                match running.as_mut().poll(cx) {
+                    std::task::Poll::Ready(done) => {
+                        *output = Some(done);
+                        *future = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    slots.into_iter().filter_map(|(_, output)| output).collect()
 }
 
 /// Keys of one leaf repaired at once.

@@ -164,6 +164,8 @@ pub struct Topology {
     dropped: std::sync::atomic::AtomicU64,
     /// The departed members `record_departures` saved last, as (id, generation).
     departures: Mutex<Vec<(NodeId, u64)>>,
+    /// Ended changes whose cleanup is not finished: (ring left, ring made).
+    cleanups: Mutex<Vec<(Arc<ringkv_core::ring::Ring>, Arc<ringkv_core::ring::Ring>)>>,
 }
 
 /// Why moving one piece stopped.
@@ -209,6 +211,7 @@ impl Topology {
             progress: Mutex::new(Progress::default()),
             dropped: std::sync::atomic::AtomicU64::new(0),
             departures: Mutex::new(Vec::new()),
+            cleanups: Mutex::new(Vec::new()),
         }
     }
 
@@ -595,50 +598,174 @@ impl Topology {
 
     /// Drops the copies this node keeps of ranges a change that ended gave to other
     /// nodes (a join displacing it, a decommission it took part in that a restart
-    /// ended): they streamed them, nobody reads them here any more, and a stale
-    /// copy left behind would come back the day the range does, bringing back
-    /// what was deleted (and, with tombstone GC, forgotten) since. Stops, keeping
-    /// the rest, as soon as another change begins. Returns how many records went.
+    /// ended): nobody reads them here any more, and a stale copy left behind would
+    /// come back the day the range does, bringing back what was deleted (and, with
+    /// tombstone GC, forgotten) since. Each record is first handed to its new
+    /// replicas (`Replicate`, merged; usually a no-op, the change streamed it):
+    /// this copy may be the only one of a write whose other copy was lost with a
+    /// disk, and a join that streamed from the other replicas while this node was
+    /// down would not have it. A record is dropped only once every live new
+    /// replica (at least one) acknowledged it; a range with records left over is
+    /// tried again at the next upkeep; another change beginning abandons it
+    /// (keeping the copies). Returns how many records went.
     pub async fn clean_up(&self) -> u64 {
         let me = self.membership.me();
         let n = self.n();
+        let mut queue = {
+            let mut pending = self.cleanups.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.extend(self.membership.take_ended_changes());
+            std::mem::take(&mut *pending)
+        };
         let mut dropped = 0;
-        for (old, new) in self.membership.take_ended_changes() {
+        let mut throttle = Throttle::new(self.settings.bytes_per_sec, self.node.monotonic_ms());
+        while let Some((old, new)) = queue.first().cloned() {
             if !new.nodes().any(|id| id == me) {
                 // This node left: what it holds is nobody's business any more.
+                queue.remove(0);
                 continue;
             }
-            for range in old.ranges(me, n) {
-                let mut after: Option<Key> = None;
-                loop {
-                    let (node, membership, new) =
-                        (self.node.clone(), self.membership.clone(), new.clone());
-                    let cursor = after.clone();
-                    let page = offload(self.spawner.as_ref(), move || {
-                        drop_page(&node, &membership, &new, range, cursor.as_ref(), n)
-                    })
-                    .await;
-                    match page {
-                        Some(Ok(Cleaned::Page {
-                            dropped: count,
-                            last,
-                        })) => {
-                            dropped += count;
-                            match last {
-                                Some(last) => after = Some(last),
-                                None => break,
-                            }
-                        }
-                        Some(Ok(Cleaned::RingMoved)) | None => return self.cleaned(dropped),
-                        Some(Err(error)) => {
-                            tracing::warn!("cleanup stopped by local storage: {error}");
-                            return self.cleaned(dropped);
-                        }
-                    }
+            match self.clean_change(&old, &new, n, &mut throttle).await {
+                Cleanup::Done(count) | Cleanup::Abandoned(count) => {
+                    dropped += count;
+                    queue.remove(0);
+                }
+                Cleanup::Unfinished(count) => {
+                    dropped += count;
+                    break;
                 }
             }
         }
+        // What is left (a hand-over that failed) waits for the next round.
+        let mut pending = self.cleanups.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.append(&mut pending);
+        *pending = queue;
         self.cleaned(dropped)
+    }
+
+    /// One ended change's cleanup: every range of `old` this node replicated.
+    async fn clean_change(
+        &self,
+        old: &Arc<ringkv_core::ring::Ring>,
+        new: &Arc<ringkv_core::ring::Ring>,
+        n: usize,
+        throttle: &mut Throttle,
+    ) -> Cleanup {
+        let me = self.membership.me();
+        let mut dropped = 0;
+        let mut unfinished = false;
+        for range in old.ranges(me, n) {
+            let mut after: Option<Key> = None;
+            loop {
+                let (node, membership, ring) =
+                    (self.node.clone(), self.membership.clone(), new.clone());
+                let cursor = after.clone();
+                let page = offload(self.spawner.as_ref(), move || {
+                    given_away(&node, &membership, &ring, range, cursor.as_ref(), n)
+                })
+                .await;
+                let (records, last) = match page {
+                    Some(Ok(Some(page))) => page,
+                    Some(Ok(None)) | None => return Cleanup::Abandoned(dropped),
+                    Some(Err(error)) => {
+                        tracing::warn!("cleanup stopped by local storage: {error}");
+                        return Cleanup::Unfinished(dropped);
+                    }
+                };
+                let bytes: u64 = records
+                    .iter()
+                    .map(|(key, record)| (key.as_bytes().len() + record.encode().len()) as u64)
+                    .sum();
+                let given = records.len();
+                let handed = self.hand_over(records, new, n).await;
+                unfinished |= handed.len() < given;
+                let (node, membership, ring) =
+                    (self.node.clone(), self.membership.clone(), new.clone());
+                let done = offload(self.spawner.as_ref(), move || {
+                    if ring_moved(&membership, &ring) {
+                        return Ok(None);
+                    }
+                    node.drop_copies(&handed)
+                        .map(|gone| Some(gone.into_iter().filter(|gone| *gone).count() as u64))
+                })
+                .await;
+                match done {
+                    Some(Ok(Some(count))) => dropped += count,
+                    Some(Ok(None)) | None => return Cleanup::Abandoned(dropped),
+                    Some(Err(error)) => {
+                        tracing::warn!("cleanup stopped by local storage: {error}");
+                        return Cleanup::Unfinished(dropped);
+                    }
+                }
+                if let Some(wait) = throttle.moved(bytes, self.node.monotonic_ms()) {
+                    self.spawner.sleep(wait).await;
+                }
+                match last {
+                    Some(last) => after = Some(last),
+                    None => break,
+                }
+            }
+        }
+        if unfinished {
+            Cleanup::Unfinished(dropped)
+        } else {
+            Cleanup::Done(dropped)
+        }
+    }
+
+    /// Sends each record to its live replicas on `new`; returns those every one of
+    /// them (at least one) acknowledged.
+    async fn hand_over(
+        &self,
+        records: Vec<(Key, Record)>,
+        new: &ringkv_core::ring::Ring,
+        n: usize,
+    ) -> Vec<(Key, Record)> {
+        let mut handed = Vec::new();
+        for batch in records.chunks(HAND_OVER_AT_ONCE) {
+            let calls: Vec<(NodeId, crate::transport::BoxFuture<bool>)> = batch
+                .iter()
+                .enumerate()
+                .map(|(index, (key, record))| {
+                    let peers: Vec<crate::transport::Peer> = new
+                        .preference_list(key.token(), n)
+                        .replicas()
+                        .iter()
+                        .filter(|id| self.membership.liveness(**id).is_up())
+                        .filter_map(|id| self.membership.peer(*id))
+                        .collect();
+                    let (transport, timeout) =
+                        (self.transport.clone(), self.settings.request_timeout);
+                    let (key, record) = (key.to_bytes(), Bytes::from(record.encode()));
+                    let call: crate::transport::BoxFuture<bool> = Box::pin(async move {
+                        if peers.is_empty() {
+                            return false;
+                        }
+                        for peer in peers {
+                            let request = PeerRequest::Replicate {
+                                key: key.clone(),
+                                record: record.clone(),
+                            };
+                            if !matches!(
+                                transport.call(&peer, request, timeout).await,
+                                Ok(PeerResponse::Ack)
+                            ) {
+                                return false;
+                            }
+                        }
+                        true
+                    });
+                    (NodeId(index as u64), call)
+                })
+                .collect();
+            let mut gather = crate::gather::Gather::new(calls);
+            gather.all().await;
+            for (NodeId(index), acked) in gather.into_done() {
+                if let Some(record) = batch.get(index as usize).filter(|_| acked) {
+                    handed.push(record.clone());
+                }
+            }
+        }
+        handed
     }
 
     /// Copies `clean_up` dropped since start.
@@ -858,49 +985,51 @@ impl Topology {
     }
 }
 
-/// What one page of `Topology::clean_up` did.
-enum Cleaned {
-    /// Dropped `dropped` records; goes on after `last` (`None`: the range is done).
-    Page { dropped: u64, last: Option<Key> },
+/// How an ended change's cleanup went (with the records dropped).
+enum Cleanup {
+    Done(u64),
+    /// Some records could not be handed over: try again later.
+    Unfinished(u64),
     /// Another change began (or the ring moved on): keep the rest.
-    RingMoved,
+    Abandoned(u64),
 }
+
+/// Records handed over at once.
+const HAND_OVER_AT_ONCE: usize = 32;
 
 /// Size of one cleanup page.
 const CLEANUP_PAGE_BYTES: usize = 1 << 20;
 
-/// One page of `range` after `after`: drops the records whose key `new` does not
-/// place on this node, provided the ring is still `new` with no change under way
-/// (checked right before, in the same blocking call). Blocking.
-fn drop_page(
+/// Whether the ring is no longer `new` or another change is under way.
+fn ring_moved(membership: &Membership, new: &Arc<ringkv_core::ring::Ring>) -> bool {
+    membership.next_ring().is_some() || !Arc::ptr_eq(&membership.ring(), new)
+}
+
+/// One page of `range` after `after`: the records whose key `new` does not place
+/// on this node, and the key to go on after (`None`: the range is done); `None`
+/// when the ring moved on. Blocking.
+#[allow(clippy::type_complexity)]
+fn given_away(
     node: &Node,
     membership: &Membership,
     new: &Arc<ringkv_core::ring::Ring>,
     range: TokenRange,
     after: Option<&Key>,
     n: usize,
-) -> Result<Cleaned, crate::node::NodeError> {
+) -> Result<Option<(Vec<(Key, Record)>, Option<Key>)>, crate::node::NodeError> {
+    if ring_moved(membership, new) {
+        return Ok(None);
+    }
     let (page, complete) = node.page(range, after, CLEANUP_PAGE_BYTES)?;
     let last = (!complete)
         .then(|| page.last().map(|(key, _)| key.clone()))
         .flatten();
     let me = membership.me();
-    let gone: Vec<(Key, Record)> = page
+    let gone = page
         .into_iter()
         .filter(|(key, _)| !new.preference_list(key.token(), n).replicas().contains(&me))
         .collect();
-    if membership.next_ring().is_some() || !Arc::ptr_eq(&membership.ring(), new) {
-        return Ok(Cleaned::RingMoved);
-    }
-    let dropped = node
-        .drop_copies(&gone)?
-        .into_iter()
-        .filter(|gone| *gone)
-        .count();
-    Ok(Cleaned::Page {
-        dropped: dropped as u64,
-        last,
-    })
+    Ok(Some((gone, last)))
 }
 
 /// Whether a node in `state` must refuse `request`, and why: a joining node does

@@ -75,6 +75,25 @@ pub(crate) async fn anti_entropy(
     .await;
 }
 
+/// How often the metrics recorder folds recorded histogram samples into its
+/// buckets (`PrometheusHandle::run_upkeep`): a recorder built by hand does not,
+/// and samples would pile up in memory until the next scrape (without scrapes,
+/// forever).
+pub(crate) const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Runs the metrics recorder's upkeep every `interval`.
+pub(crate) async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    every(interval, interval, shutdown, |_| {
+        handle.run_upkeep();
+        std::future::ready(())
+    })
+    .await;
+}
+
 /// Ring-change upkeep (`Topology::upkeep`): records the members that left and
 /// drops the copies of ranges a finished change gave to other nodes, every
 /// `interval` (the gossip interval: soon after this node learns of it).

@@ -547,6 +547,11 @@ impl Server {
         ));
 
         let metrics = metrics::handle();
+        tasks.spawn(background::metrics_upkeep(
+            metrics.clone(),
+            background::METRICS_UPKEEP,
+            shutdown.clone(),
+        ));
         let state = Arc::new(http::AppState {
             node,
             coordinator,

@@ -310,6 +310,15 @@ pub async fn nemesis(sim: Arc<Sim>, until: u64, w: Workload) {
         let wait = sim.random(|rng| rng.range(20, 250));
         sim.sleep(wait).await;
         if sim.now() >= until {
+            // With tombstone GC a partition must not outlast the grace (a replica
+            // that misses a delete that long may bring it back, by design): it
+            // ends with the nemesis, not when the last client is done (a ring
+            // change can keep them going for many seconds).
+            let mut core = lock(&sim.core);
+            if core.tombstone_gc.is_some() && !core.net.blocked.is_empty() {
+                let now = core.now;
+                core.schedule(now, Event::Fault(Fault::Heal));
+            }
             return;
         }
         let (up, partitioned, disk_lost) = {
