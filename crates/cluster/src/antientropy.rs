@@ -642,20 +642,16 @@ impl AntiEntropy {
 /// Differing arcs descended at once, with one peer.
 const PARALLEL_ARCS: usize = 4;
 
+/// A future borrowing the round.
+type Borrowed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// One arc's descent: its own report, merged into the round's afterwards.
-type ArcFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (TokenRange, RoundReport, Result<u64, Stop>)> + Send + 'a>,
->;
+type ArcFuture<'a> = Borrowed<'a, (TokenRange, RoundReport, Result<u64, Stop>)>;
 
 /// Runs every future to its end, together (no spawning: they borrow the round);
 /// their outputs in the order given.
-async fn join_all<T>(
-    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
-) -> Vec<T> {
-    let mut slots: Vec<(
-        Option<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
-        Option<T>,
-    )> = futures
+async fn join_all<T>(futures: Vec<Borrowed<'_, T>>) -> Vec<T> {
+    let mut slots: Vec<(Option<Borrowed<'_, T>>, Option<T>)> = futures
         .into_iter()
         .map(|future| (Some(future), None))
         .collect();
