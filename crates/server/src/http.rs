@@ -360,7 +360,7 @@ impl AppState {
     /// configured default. An explicit count above N is a bad request. A key has
     /// min(N, members) replicas; a quorum above that cannot be met (503), and the
     /// defaults shrink to it (a cluster smaller than N).
-    fn required(
+    pub(crate) fn required(
         &self,
         query: &Query,
         key: &Key,
