@@ -10,6 +10,10 @@
 //! `lww` a plain `SET` needs no read: the write supersedes what its replica holds).
 //! A value written here reads back byte for byte over HTTP and the other way round.
 //!
+//! Many clients writing one key at once (redis-benchmark does) leave concurrent
+//! versions; a write that would leave more than `MAX_SIBLINGS` is refused by its
+//! replica, and the command reads again and retries (`MAX_WRITE_ATTEMPTS`).
+//!
 //! Multi-key commands run key by key, `MAX_KEYS_IN_FLIGHT` at once: `MSET` is not
 //! atomic (every key is checked before any is written; a failure may leave some
 //! keys written), and `DEL`/`EXISTS` count what each key's read showed.
@@ -21,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use ringkv_cluster::coordinator::CoordinatorError;
-use ringkv_cluster::{Write, WriteBody};
+use ringkv_cluster::{MAX_SIBLINGS, Write, WriteBody};
 use ringkv_core::{Body, ConflictPolicy, Context, Key, ReadView, Record};
 
 use super::MAX_KEYS_IN_FLIGHT;
@@ -131,13 +135,21 @@ async fn read(app: &AppState, key: &Key) -> Result<Read, ErrorReply> {
     Ok(Read::of(record.as_ref(), app.node.now_ms()))
 }
 
+/// Whether a coordinated write was applied.
+enum Written {
+    Applied,
+    /// Refused by the replica, nothing stored: concurrent writers left the key at
+    /// `MAX_SIBLINGS` versions. Reading again and writing with that version works.
+    Contended,
+}
+
 async fn write(
     app: &AppState,
     key: Key,
     body: WriteBody,
     seen: Context,
     ttl: Option<Duration>,
-) -> Result<(), ErrorReply> {
+) -> Result<Written, ErrorReply> {
     let required = app.required(&Query::empty(), &key, "w", true)?;
     let write = Write {
         key,
@@ -145,8 +157,61 @@ async fn write(
         seen,
         ttl,
     };
-    app.coordinator.write(write, required, false).await?;
-    Ok(())
+    match app.coordinator.write(write, required, false).await {
+        Ok(_) => Ok(Written::Applied),
+        // `NodeError::TooManySiblings` reaches the coordinator as its text.
+        Err(CoordinatorError::Invalid(message)) if message.contains("concurrent versions") => {
+            Ok(Written::Contended)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// What a command makes of the key it read.
+enum Decision<T> {
+    /// Answer without writing.
+    Answer(T),
+    /// Write this, carrying the version read, then answer.
+    Write {
+        body: WriteBody,
+        ttl: Option<Duration>,
+        answer: T,
+    },
+}
+
+/// How often a read-then-write is tried when its write is refused as
+/// `Written::Contended` (many clients writing one key at once, as
+/// redis-benchmark does): each attempt reads again, so its write supersedes every
+/// version it saw.
+const MAX_WRITE_ATTEMPTS: usize = 4;
+
+/// Reads `key`, lets `decide` choose, and writes with the version read.
+async fn read_then_write<T>(
+    app: &AppState,
+    key: &Key,
+    decide: impl Fn(&Read) -> Result<Decision<T>, ErrorReply>,
+) -> Result<T, ErrorReply> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let read = read(app, key).await?;
+        let (body, ttl, answer) = match decide(&read)? {
+            Decision::Answer(answer) => return Ok(answer),
+            Decision::Write { body, ttl, answer } => (body, ttl, answer),
+        };
+        match write(app, key.clone(), body, read.seen, ttl).await? {
+            Written::Applied => return Ok(answer),
+            Written::Contended => {
+                metrics::counter!("ringkv_resp_write_retries_total").increment(1);
+            }
+        }
+    }
+    Err(contended())
+}
+
+fn contended() -> ErrorReply {
+    ErrorReply::err(format!(
+        "too many clients write this key at once: the write was refused {MAX_WRITE_ATTEMPTS} times \
+         for more than {MAX_SIBLINGS} concurrent versions; try again"
+    ))
 }
 
 /// Runs `run` on every item, `MAX_KEYS_IN_FLIGHT` at once; results in order.
@@ -267,45 +332,61 @@ pub async fn set(app: &AppState, args: &[Bytes]) -> Outcome {
         || options.condition != Condition::Always
         || options.expiry == Expiry::Keep
         || app.node.policy() == ConflictPolicy::Siblings;
-    let read = if must_read {
-        Some(read(app, &key).await?)
-    } else {
-        None
-    };
-    let current = read.as_ref().map_or(&Current::Absent, |read| &read.current);
-    if options.get && matches!(current, Current::Crdt { .. }) {
+    if must_read {
+        return read_then_write(app, &key, |read| set_decision(&options, &value, read)).await;
+    }
+    // Under `lww` the write supersedes whatever its replica holds: no read needed.
+    match set_decision(&options, &value, &Read::of(None, app.node.now_ms()))? {
+        Decision::Answer(answer) => Ok(answer),
+        Decision::Write { body, ttl, answer } => {
+            match write(app, key, body, Context::default(), ttl).await? {
+                Written::Applied => Ok(answer),
+                Written::Contended => Err(contended()),
+            }
+        }
+    }
+}
+
+/// What `SET` does with what it read.
+fn set_decision(
+    options: &SetOptions,
+    value: &Bytes,
+    read: &Read,
+) -> Result<Decision<Reply>, ErrorReply> {
+    if options.get && matches!(read.current, Current::Crdt { .. }) {
         return Err(ErrorReply::wrong_type());
     }
-    let old = match current {
+    let old = match &read.current {
         Current::Value { bytes, .. } => Reply::Bulk(bytes.clone()),
         _ => Reply::Null,
     };
-    let exists = read.as_ref().is_some_and(Read::exists);
     let skip = match options.condition {
         Condition::Always => false,
-        Condition::IfAbsent => exists,
-        Condition::IfPresent => !exists,
+        Condition::IfAbsent => read.exists(),
+        Condition::IfPresent => !read.exists(),
     };
     if skip {
-        return Ok(if options.get { old } else { Reply::Null });
+        return Ok(Decision::Answer(if options.get {
+            old
+        } else {
+            Reply::Null
+        }));
     }
-    let now_ms = read
-        .as_ref()
-        .map_or_else(|| app.node.now_ms(), |read| read.now_ms);
+    let now_ms = read.now_ms;
+    let value = WriteBody::Value(value.clone());
     let (body, ttl) = match options.expiry {
-        Expiry::Never => (WriteBody::Value(value), None),
-        Expiry::In(ms) => (WriteBody::Value(value), Some(Duration::from_millis(ms))),
+        Expiry::Never => (value, None),
+        Expiry::In(ms) => (value, Some(Duration::from_millis(ms))),
         // A time already past: the key is gone at once, as in Redis.
         Expiry::At(at_ms) if at_ms <= now_ms => (WriteBody::Delete, None),
         Expiry::At(at_ms) => {
             if at_ms - now_ms > MAX_TTL_SECS * 1000 {
                 return Err(ErrorReply::err("invalid expire time in 'set' command"));
             }
-            let ttl = Duration::from_millis(at_ms - now_ms);
-            (WriteBody::Value(value), Some(ttl))
+            (value, Some(Duration::from_millis(at_ms - now_ms)))
         }
         Expiry::Keep => {
-            let ttl = match current {
+            let ttl = match read.current {
                 Current::Value {
                     expires_at_ms: Some(at),
                     ..
@@ -315,21 +396,31 @@ pub async fn set(app: &AppState, args: &[Bytes]) -> Outcome {
                 } => Some(Duration::from_millis(at.saturating_sub(now_ms).max(1))),
                 _ => None,
             };
-            (WriteBody::Value(value), ttl)
+            (value, ttl)
         }
     };
-    let seen = read.map(|read| read.seen).unwrap_or_default();
-    write(app, key, body, seen, ttl).await?;
-    Ok(if options.get { old } else { Reply::OK })
+    let answer = if options.get { old } else { Reply::OK };
+    Ok(Decision::Write { body, ttl, answer })
 }
 
 /// A plain `SET key value`, as `MSET` does for each pair.
 async fn set_plain(app: &AppState, key: Key, value: Bytes) -> Result<(), ErrorReply> {
-    let seen = match app.node.policy() {
-        ConflictPolicy::Siblings => read(app, &key).await?.seen,
-        ConflictPolicy::Lww => Context::default(),
+    let write_value = |_: &Read| {
+        Ok(Decision::Write {
+            body: WriteBody::Value(value.clone()),
+            ttl: None,
+            answer: (),
+        })
     };
-    write(app, key, WriteBody::Value(value), seen, None).await
+    match app.node.policy() {
+        ConflictPolicy::Siblings => read_then_write(app, &key, write_value).await,
+        ConflictPolicy::Lww => {
+            match write(app, key, WriteBody::Value(value), Context::default(), None).await? {
+                Written::Applied => Ok(()),
+                Written::Contended => Err(contended()),
+            }
+        }
+    }
 }
 
 /// `MSET key value [key value ...]` (the caller checked the pairs).
@@ -355,11 +446,19 @@ pub async fn del(app: &AppState, args: &[Bytes]) -> Outcome {
         .map(|arg| parse_key(app, arg))
         .collect::<Result<_, _>>()?;
     let results = each(keys, |key| async move {
-        let read = read(app, &key).await?;
-        if read.any_live {
-            write(app, key, WriteBody::Delete, read.seen.clone(), None).await?;
-        }
-        Ok::<bool, ErrorReply>(read.exists())
+        read_then_write(app, &key, |read| {
+            // Any live sibling is deleted too, though only the LWW view counts.
+            Ok(if read.any_live {
+                Decision::Write {
+                    body: WriteBody::Delete,
+                    ttl: None,
+                    answer: read.exists(),
+                }
+            } else {
+                Decision::Answer(read.exists())
+            })
+        })
+        .await
     })
     .await;
     let mut deleted = 0;
@@ -434,48 +533,57 @@ pub async fn expire(app: &AppState, name: &str, args: &[Bytes], millis: bool) ->
         return Err(invalid());
     }
     let key = parse_key(app, &args[0])?;
-    let read = read(app, &key).await?;
-    let (bytes, current_at) = match &read.current {
-        Current::Absent => return Ok(Reply::Integer(0)),
-        Current::Crdt { .. } => {
-            return Err(ErrorReply::err(
-                "expiry of counters and sets is not supported yet",
-            ));
+    read_then_write(app, &key, |read| {
+        let (bytes, current_at) = match &read.current {
+            Current::Absent => return Ok(Decision::Answer(Reply::Integer(0))),
+            Current::Crdt { .. } => {
+                return Err(ErrorReply::err(
+                    "expiry of counters and sets is not supported yet",
+                ));
+            }
+            Current::Value {
+                bytes,
+                expires_at_ms,
+            } => (bytes.clone(), *expires_at_ms),
+        };
+        let new_at = i128::from(read.now_ms) + i128::from(ttl_ms);
+        let refused = (nx && current_at.is_some())
+            || (xx && current_at.is_none())
+            || (gt && current_at.is_none_or(|at| new_at <= i128::from(at)))
+            || (lt && current_at.is_some_and(|at| new_at >= i128::from(at)));
+        if refused {
+            return Ok(Decision::Answer(Reply::Integer(0)));
         }
-        Current::Value {
-            bytes,
-            expires_at_ms,
-        } => (bytes.clone(), *expires_at_ms),
-    };
-    let new_at = i128::from(read.now_ms) + i128::from(ttl_ms);
-    let refused = (nx && current_at.is_some())
-        || (xx && current_at.is_none())
-        || (gt && current_at.is_none_or(|at| new_at <= i128::from(at)))
-        || (lt && current_at.is_some_and(|at| new_at >= i128::from(at)));
-    if refused {
-        return Ok(Reply::Integer(0));
-    }
-    let (body, ttl) = match u64::try_from(ttl_ms) {
-        Ok(ms) if ms > 0 => (WriteBody::Value(bytes), Some(Duration::from_millis(ms))),
-        _ => (WriteBody::Delete, None),
-    };
-    write(app, key, body, read.seen, ttl).await?;
-    Ok(Reply::Integer(1))
+        let (body, ttl) = match u64::try_from(ttl_ms) {
+            Ok(ms) if ms > 0 => (WriteBody::Value(bytes), Some(Duration::from_millis(ms))),
+            _ => (WriteBody::Delete, None),
+        };
+        Ok(Decision::Write {
+            body,
+            ttl,
+            answer: Reply::Integer(1),
+        })
+    })
+    .await
 }
 
 /// `PERSIST key`: 1 if an expiry was removed (the value rewritten without one).
 pub async fn persist(app: &AppState, key: &Bytes) -> Outcome {
     let key = parse_key(app, key)?;
-    let read = read(app, &key).await?;
-    let Current::Value {
-        bytes,
-        expires_at_ms: Some(_),
-    } = read.current
-    else {
-        return Ok(Reply::Integer(0));
-    };
-    write(app, key, WriteBody::Value(bytes), read.seen, None).await?;
-    Ok(Reply::Integer(1))
+    read_then_write(app, &key, |read| {
+        Ok(match &read.current {
+            Current::Value {
+                bytes,
+                expires_at_ms: Some(_),
+            } => Decision::Write {
+                body: WriteBody::Value(bytes.clone()),
+                ttl: None,
+                answer: Reply::Integer(1),
+            },
+            _ => Decision::Answer(Reply::Integer(0)),
+        })
+    })
+    .await
 }
 
 /// `TTL key` (`PTTL`: milliseconds): -2 absent, -1 no expiry, else what remains
