@@ -159,12 +159,17 @@ async fn write(
     };
     match app.coordinator.write(write, required, false).await {
         Ok(_) => Ok(Written::Applied),
-        // `NodeError::TooManySiblings` reaches the coordinator as its text.
-        Err(CoordinatorError::Invalid(message)) if message.contains("concurrent versions") => {
+        Err(CoordinatorError::Invalid(message)) if is_sibling_limit(&message) => {
             Ok(Written::Contended)
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// Whether a replica refused a write for `NodeError::TooManySiblings`, which
+/// reaches the coordinator as its text (`PeerError::Invalid`).
+fn is_sibling_limit(message: &str) -> bool {
+    message.contains("concurrent versions (the limit is")
 }
 
 /// What a command makes of the key it read.
@@ -649,6 +654,16 @@ mod tests {
                 "ERR invalid expire time in 'set' command"
             );
         }
+    }
+
+    #[test]
+    fn the_sibling_limit_refusal_is_recognized() {
+        let refusal = ringkv_cluster::NodeError::TooManySiblings {
+            siblings: MAX_SIBLINGS,
+        };
+        assert!(is_sibling_limit(&refusal.to_string()));
+        let other = ringkv_cluster::NodeError::TtlOverflow { ttl_secs: 1 };
+        assert!(!is_sibling_limit(&other.to_string()));
     }
 
     #[test]
