@@ -27,6 +27,8 @@ pub struct Session {
 
 /// The first read buffer; it grows for large commands, up to the frame limits.
 const INITIAL_BUFFER_BYTES: usize = 16 * 1024;
+/// Most the read buffer grows by at once for a command announced but not arrived.
+const MAX_RESERVE_BYTES: usize = 1024 * 1024;
 
 pub async fn run(
     mut stream: TcpStream,
@@ -58,8 +60,9 @@ pub async fn run(
                 }
                 Ok(Parsed::Empty) => {}
                 Ok(Parsed::Incomplete { needed }) => {
-                    // A large bulk on its way: make room for it once.
-                    input.reserve(needed.saturating_sub(input.len()));
+                    // A large bulk on its way: make room for it, a step at a time
+                    // (a header alone must not make the server allocate much).
+                    input.reserve(needed.saturating_sub(input.len()).min(MAX_RESERVE_BYTES));
                     need_more_input = true;
                     break;
                 }

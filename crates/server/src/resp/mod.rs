@@ -18,7 +18,12 @@
 //!   command of at most `max_value_bytes + MAX_COMMAND_OVERHEAD_BYTES` in all;
 //! * an inline command or header line of at most `MAX_INLINE_BYTES`;
 //! * `MAX_PIPELINE` replies (or `MAX_REPLY_BUFFER_BYTES`) buffered before a write;
-//! * `MAX_CONNECTIONS` clients at once (further ones wait in the accept queue).
+//! * `MAX_CONNECTIONS` clients at once (further ones wait in the accept queue,
+//!   counted in `ringkv_resp_connection_limit_waits_total`).
+//!
+//! So a node buffers at most `MAX_CONNECTIONS` × (a command + `MAX_REPLY_BUFFER_BYTES`
+//! plus one reply): with the default 16 MiB values, about 21 GiB in the worst case
+//! (every client sending a maximal command slowly). No global byte budget yet.
 
 mod admin;
 mod command;
@@ -102,10 +107,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     let mut connections = JoinSet::new();
     let mut backoff_ms = 1;
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // At the limit: new clients wait in the accept queue; counted.
+                metrics::counter!("ringkv_resp_connection_limit_waits_total").increment(1);
+                tracing::warn!("{MAX_CONNECTIONS} RESP clients connected; new ones wait");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => {
+                        permit.expect("the connection semaphore is never closed")
+                    }
+                }
             }
         };
         let accepted = tokio::select! {
