@@ -23,6 +23,7 @@ pub enum Kind {
     Hello,
     Quit,
     Reset,
+    Auth,
     Select,
     Client,
     Config,
@@ -86,6 +87,7 @@ pub const SPECS: &[Spec] = &[
     spec("hello", -1, CONNECTION, NO_KEYS, "connection", "Handshakes with the server: protocol version, client name.", Kind::Hello),
     spec("quit", -1, CONNECTION, NO_KEYS, "connection", "Closes the connection.", Kind::Quit),
     spec("reset", 1, CONNECTION, NO_KEYS, "connection", "Resets the connection.", Kind::Reset),
+    spec("auth", -2, CONNECTION, NO_KEYS, "connection", "Authenticates (no passwords exist on this interface).", Kind::Auth),
     spec("select", 2, CONNECTION, NO_KEYS, "connection", "Changes the selected database (only 0 exists).", Kind::Select),
     spec("client", -2, &["admin", "noscript", "loading", "stale"], NO_KEYS, "connection", "SETINFO, SETNAME, GETNAME, ID, INFO.", Kind::Client),
     spec("config", -2, &["admin", "noscript", "loading", "stale"], NO_KEYS, "server", "GET: configuration parameters.", Kind::Config),
@@ -220,6 +222,10 @@ async fn dispatch(spec: &Spec, shared: &Shared, session: &mut Session, args: &[B
             session.closing = true;
             Ok(Reply::OK)
         }
+        // As a Redis without `requirepass` answers.
+        Kind::Auth => Err(ErrorReply::err(
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        )),
         Kind::Reset => {
             session.protocol = Protocol::Resp2;
             session.name = None;

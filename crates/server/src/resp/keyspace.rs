@@ -699,5 +699,40 @@ mod tests {
         assert_eq!(read.current, Current::Absent);
         assert!(read.any_live);
         assert_eq!(Read::of(None, 0).current, Current::Absent);
+        // A CRDT state is the wrong type for string commands.
+        let seen = record.context().clone();
+        record.update(
+            &seen,
+            ActorId(1),
+            value(20, Body::Crdt(Bytes::from_static(b"state")), None),
+        );
+        assert_eq!(
+            Read::of(Some(&record), 10).current,
+            Current::Crdt {
+                expires_at_ms: None
+            }
+        );
+    }
+
+    #[test]
+    fn errors_read_as_redis_errors() {
+        let invalid = ErrorReply::from(ApiError::invalid("key is empty"));
+        assert_eq!(invalid.0, "ERR key is empty");
+        let quorum = ErrorReply::from(CoordinatorError::QuorumUnavailable {
+            acked: 1,
+            required: 2,
+            write: true,
+        });
+        assert!(
+            quorum
+                .0
+                .starts_with("ERR quorum_unavailable: 1 of 2 required replicas"),
+            "{}",
+            quorum.0
+        );
+        assert_eq!(
+            ErrorReply::wrong_type().0,
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        );
     }
 }
