@@ -222,10 +222,18 @@ async fn dispatch(spec: &Spec, shared: &Shared, session: &mut Session, args: &[B
             session.closing = true;
             Ok(Reply::OK)
         }
-        // As a Redis without `requirepass` answers.
-        Kind::Auth => Err(ErrorReply::err(
-            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        )),
+        // As a Redis without `requirepass` answers: the default user takes any
+        // password, a password alone is a configuration mistake.
+        Kind::Auth => match args {
+            [_, _] => Err(ErrorReply::err(
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            )),
+            [_, user, _] if user.eq_ignore_ascii_case(b"default") => Ok(Reply::OK),
+            [_, _, _] => Err(ErrorReply(
+                "WRONGPASS invalid username-password pair or user is disabled.".into(),
+            )),
+            _ => Err(ErrorReply::syntax()),
+        },
         Kind::Reset => {
             session.protocol = Protocol::Resp2;
             session.name = None;
