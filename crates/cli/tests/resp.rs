@@ -283,6 +283,8 @@ async fn redis_commands_work_across_a_three_node_cluster() {
         ok()
     );
     assert!(matches!(first.call(&["COMMAND", "COUNT"]), Resp::Int(n) if n > 20));
+    assert_eq!(first.call(&["AUTH", "default", "anything"]), ok());
+    assert!(matches!(first.call(&["AUTH", "secret"]), Resp::Error(e) if e.starts_with("ERR AUTH")));
     assert_eq!(
         first.call(&["HELLO", "4"]),
         Resp::Error("NOPROTO unsupported protocol version".into())
