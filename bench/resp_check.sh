@@ -7,27 +7,31 @@
 # 2. redis-cli: PING, SET on one node / GET on the others, SET EX + TTL, MSET/MGET,
 #    DEL/EXISTS, Redis's wrong-arity text, HELLO 3, INFO, CONFIG GET, a binary value
 #    written over RESP read back over HTTP byte for byte (and the other way round);
-# 3. redis-benchmark -t set,get (both must report a rate, no errors);
-# 4. prints one line per check and "N passed, 0 failed"; exits non-zero on any
-#    failure, and when redis-cli or redis-benchmark is missing (it never passes
-#    without them: .ci/run installs redis-tools first).
+# 3. redis-py (bench/resp_check.py): RESP2 and RESP3, pipelines, TTLs, ...;
+# 4. redis-benchmark -t set,get (both must report a rate, no errors);
+# 5. prints one line per check and "N passed, 0 failed"; exits non-zero on any
+#    failure, and when redis-cli, redis-benchmark or redis-py is missing (it never
+#    passes without them: .ci/run installs redis-tools and redis-py first).
 #
 # Everything it starts it stops by PID on exit (trap).
 #
-# Usage: bench/resp_check.sh [--ringkv PATH] [--requests N]
+# Usage: bench/resp_check.sh [--ringkv PATH] [--python PATH] [--requests N]
 #   --ringkv    the ringkv binary (default target/debug/ringkv, as `cargo test` builds it)
+#   --python    a Python with redis-py (`import redis`) (default python3)
 #   --requests  redis-benchmark requests per test (default 2000)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 ringkv="target/debug/ringkv"
+python="python3"
 requests=2000
 while (($# > 0)); do
     case "$1" in
     --ringkv) ringkv="${2:?--ringkv needs a value}"; shift 2 ;;
+    --python) python="${2:?--python needs a value}"; shift 2 ;;
     --requests) requests="${2:?--requests needs a value}"; shift 2 ;;
-    *) echo "usage: $0 [--ringkv PATH] [--requests N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--ringkv PATH] [--python PATH] [--requests N]" >&2; exit 2 ;;
     esac
 done
 [[ "$requests" =~ ^[1-9][0-9]*$ ]] || { echo "--requests must be a positive integer" >&2; exit 2; }
@@ -39,6 +43,8 @@ die() { echo "error: $*" >&2; exit 1; }
 command -v redis-cli >/dev/null || die "redis-cli is missing (apt-get install redis-tools)"
 command -v redis-benchmark >/dev/null || die "redis-benchmark is missing (apt-get install redis-tools)"
 command -v curl >/dev/null || die "curl is missing"
+"$python" -c 'import redis' 2>/dev/null \
+    || die "$python cannot import redis (redis-py): pip install redis, or pass --python"
 [[ -x "$ringkv" ]] || die "$ringkv is not built (cargo build -p ringkv-cli)"
 
 work="$(mktemp -d)"
@@ -149,6 +155,13 @@ curl -fsS --max-time 5 -X PUT -H 'content-type: application/octet-stream' \
     --data-binary @"$work/value.bin" "http://127.0.0.1:$((http_port + 2))/v1/kv/from-http" -o /dev/null
 cli 0 --no-raw GET from-http >"$work/from-http.txt"
 check "an HTTP value over RESP" '"bin\x00ary\r\n\xff"' "$(cat "$work/from-http.txt")"
+
+if timeout "$bench_timeout_s" "$python" bench/resp_check.py \
+    "$resp_port" $((resp_port + 1)) $((resp_port + 2)); then
+    check "redis-py" "ok" "ok"
+else
+    check "redis-py" "ok" "failed"
+fi
 
 csv="$(timeout "$bench_timeout_s" redis-benchmark -p "$resp_port" -t set,get -n "$requests" \
     -c 50 -d 100 -q --csv 2>&1)"
