@@ -1,6 +1,7 @@
 //! ringkv server: the wiring of one node process.
 //!
 //! It is: configuration (`config`), the HTTP API (`http`, `request`, `error`),
+//! the RESP (Redis protocol) listener (`resp`),
 //! the internal RPC over TCP (`rpc`) and what this node answers on it (`peer`),
 //! metrics (`metrics`), the node's identity (`identity`: ids, generation, ring
 //! tokens), when it was last alive (`alive`: a node away longer than the tombstone
@@ -13,6 +14,7 @@
 //! Limits: request bodies are bounded by `max_value_bytes` (JSON: twice that, for
 //! escapes) and refused with 413 before they are buffered whole; keys by
 //! `max_key_bytes`; a graceful shutdown waits at most `http::SHUTDOWN_GRACE`.
+//! RESP commands are bounded likewise (see `resp` for its limits).
 
 pub mod alive;
 mod background;
@@ -25,6 +27,7 @@ pub mod identity;
 pub mod metrics;
 pub mod peer;
 pub mod request;
+pub mod resp;
 pub mod rpc;
 
 use std::net::SocketAddr;
@@ -97,6 +100,7 @@ impl Clock for SystemClock {
 pub struct Server {
     node_id: u64,
     http_addr: SocketAddr,
+    resp_addr: SocketAddr,
     peer_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -175,6 +179,20 @@ impl Server {
                 addr: config.http_addr,
                 source,
             })?;
+        let resp_listener = TcpListener::bind(config.resp_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: "resp_addr",
+                addr: config.resp_addr,
+                source,
+            })?;
+        let resp_addr = resp_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                name: "resp_addr",
+                addr: config.resp_addr,
+                source,
+            })?;
 
         let node = Arc::new(
             Node::new(
@@ -199,7 +217,7 @@ impl Server {
             state: MemberState::Normal,
             peer_addr: peer_addr.to_string(),
             http_addr: http_addr.to_string(),
-            resp_addr: config.resp_addr.to_string(),
+            resp_addr: resp_addr.to_string(),
             vnodes: config.vnodes,
             tokens: stored_tokens.clone().unwrap_or_default(),
         };
@@ -568,6 +586,11 @@ impl Server {
             topology,
             purge,
         });
+        tasks.spawn(resp::serve(
+            resp_listener,
+            Arc::new(resp::Shared::new(state.clone(), resp_addr)),
+            shutdown.clone(),
+        ));
         let app = http::router(state);
         let http = {
             let shutdown = shutdown.clone();
@@ -591,10 +614,11 @@ impl Server {
                 }
             });
         }
-        tracing::info!(node_id = identity.node_id, %http_addr, %peer_addr, generation, "ringkv node serving");
+        tracing::info!(node_id = identity.node_id, %http_addr, %resp_addr, %peer_addr, generation, "ringkv node serving");
         Ok(Server {
             node_id: identity.node_id,
             http_addr,
+            resp_addr,
             peer_addr,
             shutdown,
             tasks,
@@ -610,6 +634,10 @@ impl Server {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    pub fn resp_addr(&self) -> SocketAddr {
+        self.resp_addr
     }
 
     pub fn node_id(&self) -> u64 {
@@ -690,12 +718,14 @@ async fn open_engine(config: &Config) -> Result<Arc<FjallEngine>, StartError> {
 /// Whatever stops the node from starting.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let server = Server::start(config).await?;
-    // One line on stdout that scripts and tests read: "... http on ADDR peer ADDR".
+    // One line on stdout that scripts and tests read:
+    // "... http on ADDR peer ADDR resp ADDR".
     println!(
-        "ringkv node {} serving http on {} peer {}",
+        "ringkv node {} serving http on {} peer {} resp {}",
         server.node_id(),
         server.http_addr(),
-        server.peer_addr()
+        server.peer_addr(),
+        server.resp_addr()
     );
     wait_for_signal().await;
     tracing::info!("shutting down");

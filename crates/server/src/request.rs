@@ -60,6 +60,11 @@ impl Query {
         Ok(Query(params))
     }
 
+    /// No parameters: every default applies (the RESP listener's requests).
+    pub fn empty() -> Query {
+        Query(BTreeMap::new())
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }

@@ -28,6 +28,7 @@ fn config(dir: &std::path::Path, grace_ms: u64) -> Config {
         data_dir: dir.to_path_buf(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         peer_addr: "127.0.0.1:0".parse().unwrap(),
+        resp_addr: "127.0.0.1:0".parse().unwrap(),
         tombstone_gc_grace_ms: grace_ms,
         ..Config::default()
     }

@@ -23,6 +23,7 @@ impl TestNode {
             data_dir: dir.path().to_path_buf(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             peer_addr: "127.0.0.1:0".parse().unwrap(),
+            resp_addr: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
         };
         let server = Server::start(config).await.expect("server starts");

@@ -57,6 +57,7 @@ fn test_config(dir: &std::path::Path) -> Config {
         data_dir: dir.to_path_buf(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         peer_addr: "127.0.0.1:0".parse().unwrap(),
+        resp_addr: "127.0.0.1:0".parse().unwrap(),
         max_value_bytes: 1024,
         max_key_bytes: 64,
         ..Config::default()

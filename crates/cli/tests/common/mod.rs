@@ -33,6 +33,7 @@ pub struct NodeProcess {
     pub child: Child,
     pub http_addr: String,
     pub peer_addr: String,
+    pub resp_addr: String,
     pub dir: PathBuf,
     pub extra: Vec<String>,
 }
@@ -45,6 +46,7 @@ impl NodeProcess {
         for (flag, default) in [
             ("--http-addr", format!("{ip}:0")),
             ("--peer-addr", format!("{ip}:0")),
+            ("--resp-addr", format!("{ip}:0")),
         ] {
             if !extra.contains(&flag) {
                 command.args([flag, &default]);
@@ -59,7 +61,7 @@ impl NodeProcess {
         command
     }
 
-    /// Starts a node and waits for its "serving http on A peer B" line.
+    /// Starts a node and waits for its "serving http on A peer B resp C" line.
     pub fn spawn(node_id: u64, ip: &str, dir: &Path, extra: &[String]) -> NodeProcess {
         let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
         let mut child = NodeProcess::command(node_id, ip, dir, &extra_refs)
@@ -85,6 +87,7 @@ impl NodeProcess {
             ip: ip.to_string(),
             http_addr: after("on"),
             peer_addr: after("peer"),
+            resp_addr: after("resp"),
             child,
             dir: dir.to_path_buf(),
             extra: extra.to_vec(),
@@ -286,6 +289,8 @@ impl Cluster {
             old.http_addr.clone(),
             "--peer-addr".to_string(),
             old.peer_addr.clone(),
+            "--resp-addr".to_string(),
+            old.resp_addr.clone(),
         ]);
         self.nodes[index] = NodeProcess::spawn(node_id, &ip, &dir, &extra);
     }

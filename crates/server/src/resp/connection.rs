@@ -1,0 +1,103 @@
+//! One client connection: read what arrives, run every whole command buffered, in
+//! order, and write all their replies with one write (pipelining: a client that
+//! sends 100 commands at once gets 100 replies in one segment, not 100). A
+//! protocol error is answered and closes this connection only.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, Parsed, Protocol, Reply};
+use super::{MAX_PIPELINE, MAX_REPLY_BUFFER_BYTES, Shared, command};
+
+/// What the server knows about one client.
+pub struct Session {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub protocol: Protocol,
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_version: Option<Bytes>,
+    /// Set by `QUIT`: close once its reply is written.
+    pub closing: bool,
+}
+
+/// The first read buffer; it grows for large commands, up to the frame limits.
+const INITIAL_BUFFER_BYTES: usize = 16 * 1024;
+/// Most the read buffer grows by at once for a command announced but not arrived.
+const MAX_RESERVE_BYTES: usize = 1024 * 1024;
+
+pub async fn run(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) {
+    let mut session = Session {
+        id,
+        peer,
+        protocol: Protocol::Resp2,
+        name: None,
+        lib_name: None,
+        lib_version: None,
+        closing: false,
+    };
+    let mut input = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
+    let mut output = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
+    loop {
+        let mut replies = 0;
+        let mut need_more_input = false;
+        while replies < MAX_PIPELINE && output.len() < MAX_REPLY_BUFFER_BYTES && !session.closing {
+            match frame::parse(&mut input, &shared.limits) {
+                Ok(Parsed::Command(args)) => {
+                    let reply = command::execute(shared, &mut session, args).await;
+                    reply.encode(session.protocol, &mut output);
+                    replies += 1;
+                }
+                Ok(Parsed::Empty) => {}
+                Ok(Parsed::Incomplete { needed }) => {
+                    // A large bulk on its way: make room for it, a step at a time
+                    // (a header alone must not make the server allocate much).
+                    input.reserve(needed.saturating_sub(input.len()).min(MAX_RESERVE_BYTES));
+                    need_more_input = true;
+                    break;
+                }
+                Err(error) => {
+                    metrics::counter!("ringkv_resp_protocol_errors_total").increment(1);
+                    tracing::debug!(%peer, "resp protocol error: {error}");
+                    Reply::Error(format!("ERR Protocol error: {error}"))
+                        .encode(session.protocol, &mut output);
+                    let _ = stream.write_all(&output).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+        }
+        if !output.is_empty() {
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if session.closing {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        if !need_more_input {
+            // The pipeline bound was hit with commands still buffered.
+            continue;
+        }
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = stream.read_buf(&mut input) => read,
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
