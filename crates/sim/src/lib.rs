@@ -280,6 +280,11 @@ fn merged_records(
 /// Runs one seed: workload under faults, heal, quiesce, full read, checkers.
 pub fn run(config: &Config) -> Report {
     let mut world = World::new(WorldConfig {
+        detector: if config.workload.crashes || config.workload.partitions {
+            world::DETECTOR
+        } else {
+            world::CALM_DETECTOR
+        },
         seed: config.seed,
         nodes: config.nodes,
         replication_factor: config.workload.replication_factor,
