@@ -9,6 +9,8 @@
 #    against all three nodes;
 # 3. installs redis-server/redis-tools with apt-get if missing, starts redis-server on
 #    127.0.0.1:16399 (appendonly, appendfsync always, no RDB), runs redis-benchmark;
+#    Also redis-benchmark -c 50 -d 100 -r KEYS -t set,get against node 0's RESP port
+#    (before stopping ringkv) and the same command against Redis (issue 9's measure).
 # 4. prints a table (ops/s and p99 of each, ratios ringkv/redis) and writes it with the
 #    date, machine, commit and exact commands to bench/results/cluster-<date>.md.
 #
@@ -33,7 +35,7 @@ done
 [[ "$ops" =~ ^[1-9][0-9]*$ ]] || { echo "--ops must be a positive integer" >&2; exit 2; }
 [[ "$keys" =~ ^[1-9][0-9]*$ ]] || { echo "--keys must be a positive integer" >&2; exit 2; }
 
-readonly concurrency=64 value_size=100
+readonly concurrency=64 value_size=100 resp_clients=50
 readonly http_port=18080 resp_port=16380 peer_port=17080 redis_port=16399
 readonly health_timeout_s=60 redis_timeout_s=20 stop_grace_s=20 run_timeout_s=900
 readonly work="target/bench-cluster"
@@ -156,6 +158,12 @@ log "running: $(quoted "${write_command[@]}")"
 write_json="$(timeout "$run_timeout_s" "${write_command[@]}")"
 log "running: $(quoted "${read_command[@]}")"
 read_json="$(timeout "$run_timeout_s" "${read_command[@]}")"
+# Issue 9's RESP measure: redis-benchmark against node 0's RESP port, and (below)
+# the same command against Redis.
+resp_bench_args=(-c "$resp_clients" -n "$ops" -d "$value_size" -r "$keys" -t set,get --csv)
+resp_bench_command=(redis-benchmark -h 127.0.0.1 -p "$resp_port" "${resp_bench_args[@]}")
+log "running: $(quoted "${resp_bench_command[@]}")"
+resp_csv="$(timeout "$run_timeout_s" "${resp_bench_command[@]}")"
 cluster_status="$(curl -fsS --max-time 5 "http://127.0.0.1:${http_port}/v1/cluster/status" 2>&1 \
     || true)"
 
@@ -178,6 +186,9 @@ redis_bench_command=(redis-benchmark -h 127.0.0.1 -p "$redis_port" -c "$concurre
     -d "$value_size" -t set,get --csv)
 log "running: $(quoted "${redis_bench_command[@]}")"
 redis_csv="$(timeout "$run_timeout_s" "${redis_bench_command[@]}")"
+redis_resp_bench_command=(redis-benchmark -h 127.0.0.1 -p "$redis_port" "${resp_bench_args[@]}")
+log "running: $(quoted "${redis_resp_bench_command[@]}")"
+redis_resp_csv="$(timeout "$run_timeout_s" "${redis_resp_bench_command[@]}")"
 redis_version="$(redis-server --version)"
 stop_pid "$redis_pid" "redis-server"
 redis_pid=""
@@ -186,22 +197,30 @@ redis_pid=""
 # redis-benchmark's CSV: a header row, then one row per test. Redis 7 prints
 # "test","rps","avg_latency_ms",...,"p99_latency_ms",...; older versions only
 # "test","rps" (then p99 is n/a). Columns are found by name, not position.
-table="$(WRITE_JSON="$write_json" READ_JSON="$read_json" REDIS_CSV="$redis_csv" python3 - <<'EOF'
+table="$(WRITE_JSON="$write_json" READ_JSON="$read_json" REDIS_CSV="$redis_csv" \
+    RESP_CSV="$resp_csv" REDIS_RESP_CSV="$redis_resp_csv" python3 - <<'EOF'
 import csv, io, json, os
 
 write = json.loads(os.environ["WRITE_JSON"])
 read = json.loads(os.environ["READ_JSON"])
-rows = list(csv.reader(io.StringIO(os.environ["REDIS_CSV"])))
-redis = {}
-if rows and rows[0] and rows[0][0] == "test":
-    header = rows[0]
-    for row in rows[1:]:
-        if row:
-            redis[row[0]] = dict(zip(header, row))
-else:  # very old redis-benchmark: no header, "NAME","rps"
-    for row in rows:
-        if len(row) >= 2:
-            redis[row[0]] = {"rps": row[1]}
+
+def parse(text):
+    rows = list(csv.reader(io.StringIO(text)))
+    parsed = {}
+    if rows and rows[0] and rows[0][0] == "test":
+        header = rows[0]
+        for row in rows[1:]:
+            if row:
+                parsed[row[0]] = dict(zip(header, row))
+    else:  # very old redis-benchmark: no header, "NAME","rps"
+        for row in rows:
+            if len(row) >= 2:
+                parsed[row[0]] = {"rps": row[1]}
+    return parsed
+
+redis = parse(os.environ["REDIS_CSV"])
+resp = parse(os.environ["RESP_CSV"])
+redis_resp = parse(os.environ["REDIS_RESP_CSV"])
 
 def number(value):
     try:
@@ -226,6 +245,14 @@ for name, ours, test in (("write", write, "SET"), ("read", read, "GET")):
         (f"{name} p99 ms ({test})", ours.get("p99_ms"), number(theirs.get("p99_latency_ms")), 3),
     )
     for label, a, b, digits in pairs:
+        lines.append(f"| {label} | {cell(a, digits)} | {cell(b, digits)} | {ratio(a, b)} |")
+lines.append("")
+lines.append("| redis-benchmark -c 50 -d 100 | ringkv (node 0 RESP) | redis (appendfsync always) | ringkv/redis |")
+lines.append("|---|---:|---:|---:|")
+for test in ("SET", "GET"):
+    ours, theirs = resp.get(test, {}), redis_resp.get(test, {})
+    for label, column, digits in ((f"{test} ops/s", "rps", 0), (f"{test} p99 ms", "p99_latency_ms", 3)):
+        a, b = number(ours.get(column)), number(theirs.get(column))
         lines.append(f"| {label} | {cell(a, digits)} | {cell(b, digits)} | {ratio(a, b)} |")
 load = read.get("load") or {}
 lines.append("")
@@ -272,6 +299,8 @@ fi
     echo "$(quoted "${read_command[@]}")"
     echo "$(quoted "${redis_command[@]}")"
     echo "$(quoted "${redis_bench_command[@]}")"
+    echo "$(quoted "${resp_bench_command[@]}")"
+    echo "$(quoted "${redis_resp_bench_command[@]}")"
     echo '```'
     echo
     echo "## result"
@@ -291,6 +320,11 @@ fi
     echo "redis-benchmark:"
     echo '```'
     echo "$redis_csv"
+    echo '```'
+    echo "redis-benchmark against ringkv RESP (node 0), then against redis, -c ${resp_clients} -r ${keys}:"
+    echo '```'
+    echo "$resp_csv"
+    echo "$redis_resp_csv"
     echo '```'
     echo "cluster status (node 0, after the runs):"
     echo '```json'

@@ -29,6 +29,10 @@ use collection::ArcChanges;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteBody {
     Value(Bytes),
+    /// A value that supersedes every version the coordinating replica holds, as
+    /// under `ConflictPolicy::Lww` (the RESP interface resolves siblings by LWW:
+    /// its `SET` writes this, one round trip, instead of reading first).
+    Overwrite(Bytes),
     Delete,
     /// An operation on the CRDT the key holds (or a new one): applied to the join of
     /// the states this replica holds, superseding them (see `ringkv_core::crdt`).
@@ -566,7 +570,8 @@ impl Node {
             let mut record = stored.unwrap_or_default();
             let mut seen = write.seen.clone();
             let holds_crdt = crdt::holds_crdt(&record, now_ms);
-            if self.policy == ConflictPolicy::Lww || holds_crdt {
+            let overwrite = matches!(write.body, WriteBody::Overwrite(_));
+            if self.policy == ConflictPolicy::Lww || holds_crdt || overwrite {
                 // A delete of a CRDT key removes what this replica holds of it (a
                 // CRDT read shows no version to send back); writes concurrent with
                 // it elsewhere survive, as under LWW.
@@ -580,7 +585,7 @@ impl Node {
                 clock.now(now_ms)
             };
             let body = match &write.body {
-                WriteBody::Value(bytes) => Body::Bytes(bytes.clone()),
+                WriteBody::Value(bytes) | WriteBody::Overwrite(bytes) => Body::Bytes(bytes.clone()),
                 WriteBody::Delete => Body::Tombstone,
                 WriteBody::Crdt(operation) => {
                     // Under the key's lock: two operations racing on this node both
@@ -721,6 +726,28 @@ mod tests {
             Body::Bytes(b) => b.clone(),
             other => panic!("unexpected body {other:?}"),
         }
+    }
+
+    /// An `Overwrite` (RESP's `SET`) supersedes every version the replica holds,
+    /// even under `siblings`; a plain `Value` beside them is a sibling.
+    #[test]
+    fn an_overwrite_supersedes_what_the_replica_holds() {
+        let (node, _) = node(ConflictPolicy::Siblings);
+        put(&node, "k", "a", &Context::default());
+        put(&node, "k", "b", &Context::default());
+        assert_eq!(bodies(&node, "k").len(), 2, "blind writes are siblings");
+        let written = node
+            .write(Write {
+                key: key("k"),
+                body: WriteBody::Overwrite(Bytes::from_static(b"c")),
+                seen: Context::default(),
+                ttl: None,
+            })
+            .unwrap();
+        written.durable.wait().unwrap();
+        assert_eq!(bodies(&node, "k"), [Bytes::from_static(b"c")]);
+        put(&node, "k", "d", &Context::default());
+        assert_eq!(bodies(&node, "k").len(), 2);
     }
 
     /// The departed members survive in metadata (without tokens, so any number of

@@ -82,6 +82,7 @@ pub fn decode_write(write: WireWrite) -> Result<Write, PeerError> {
     let seen = Context::from_bytes(&write.seen)
         .map_err(|error| invalid(format!("bad version: {error}")))?;
     let body = match (write.value, write.crdt) {
+        (Some(value), None) if write.overwrite => WriteBody::Overwrite(value),
         (Some(value), None) => WriteBody::Value(value),
         (None, None) => WriteBody::Delete,
         (None, Some(operation)) => {
@@ -109,13 +110,14 @@ pub fn encode_write(write: &Write) -> WireWrite {
     WireWrite {
         key: write.key.to_bytes(),
         value: match &write.body {
-            WriteBody::Value(value) => Some(value.clone()),
+            WriteBody::Value(value) | WriteBody::Overwrite(value) => Some(value.clone()),
             WriteBody::Delete | WriteBody::Crdt(_) => None,
         },
         crdt: match &write.body {
             WriteBody::Crdt(operation) => Some(operation.clone()),
-            WriteBody::Value(_) | WriteBody::Delete => None,
+            WriteBody::Value(_) | WriteBody::Overwrite(_) | WriteBody::Delete => None,
         },
+        overwrite: matches!(write.body, WriteBody::Overwrite(_)),
         seen: Bytes::from(write.seen.to_bytes()),
         ttl_ms: write
             .ttl

@@ -23,7 +23,7 @@ pub const MAX_PAGE_BYTES: u32 = 8 << 20;
 
 /// Version of the peer protocol; a handshake with another version is refused.
 /// 4: member states `Joined` and `Drained` (the second phase of a ring change);
-/// CRDT operations in `WireWrite`, `PeerError::WrongType`.
+/// CRDT operations and `overwrite` in `WireWrite`, `PeerError::WrongType`.
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A client write as it travels between nodes.
@@ -37,6 +37,8 @@ pub struct WireWrite {
     /// `Context::to_bytes` of the version the client sent (empty context: blind write).
     pub seen: Bytes,
     pub ttl_ms: Option<u64>,
+    /// The value supersedes every version the coordinating replica holds (LWW).
+    pub overwrite: bool,
 }
 
 /// A request from one node to another.

@@ -334,17 +334,20 @@ pub async fn set(app: &AppState, args: &[Bytes]) -> Outcome {
     let options = SetOptions::parse(&args[2..])?;
     let key = parse_key(app, &args[0])?;
     let value = parse_value(app, &args[1])?;
-    let must_read = options.get
-        || options.condition != Condition::Always
-        || options.expiry == Expiry::Keep
-        || app.node.policy() == ConflictPolicy::Siblings;
+    let must_read =
+        options.get || options.condition != Condition::Always || options.expiry == Expiry::Keep;
     if must_read {
         return read_then_write(app, &key, |read| set_decision(&options, &value, read)).await;
     }
-    // Under `lww` the write supersedes whatever its replica holds: no read needed.
+    // A plain SET supersedes whatever its coordinating replica holds (as every
+    // write does under `lww`): one round trip, no read.
     match set_decision(&options, &value, &Read::of(None, app.node.now_ms()))? {
         Decision::Answer(answer) => Ok(answer),
         Decision::Write { body, ttl, answer } => {
+            let body = match body {
+                WriteBody::Value(bytes) => WriteBody::Overwrite(bytes),
+                other => other,
+            };
             match write(app, key, body, Context::default(), ttl).await? {
                 Written::Applied => Ok(answer),
                 Written::Contended => Err(contended()),
@@ -411,21 +414,17 @@ fn set_decision(
 
 /// A plain `SET key value`, as `MSET` does for each pair.
 async fn set_plain(app: &AppState, key: Key, value: Bytes) -> Result<(), ErrorReply> {
-    let write_value = |_: &Read| {
-        Ok(Decision::Write {
-            body: WriteBody::Value(value.clone()),
-            ttl: None,
-            answer: (),
-        })
-    };
-    match app.node.policy() {
-        ConflictPolicy::Siblings => read_then_write(app, &key, write_value).await,
-        ConflictPolicy::Lww => {
-            match write(app, key, WriteBody::Value(value), Context::default(), None).await? {
-                Written::Applied => Ok(()),
-                Written::Contended => Err(contended()),
-            }
-        }
+    match write(
+        app,
+        key,
+        WriteBody::Overwrite(value),
+        Context::default(),
+        None,
+    )
+    .await?
+    {
+        Written::Applied => Ok(()),
+        Written::Contended => Err(contended()),
     }
 }
 
