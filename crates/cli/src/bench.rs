@@ -1,4 +1,5 @@
-//! `ringkv bench`: an HTTP load generator for ringkv nodes (DESIGN.md §7).
+//! `ringkv bench`: a load generator for ringkv nodes (DESIGN.md §7), over HTTP or
+//! the Redis protocol (`--protocol resp`, which can also load a Redis server).
 //!
 //! `concurrency` clients (tokio tasks sharing one keep-alive pool) write or read keys
 //! `bench-{i}`, `i` uniform over `0..keys` from a seeded PRNG, until `--ops` ops were
@@ -53,6 +54,17 @@ pub enum Workload {
     Mixed,
 }
 
+/// How the clients talk to the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `PUT|GET /v1/kv/{key}` over HTTP/1.1 keep-alive connections.
+    Http,
+    /// `SET`/`GET` over the Redis protocol, one connection per client (as
+    /// redis-benchmark): the same load can run against Redis itself.
+    Resp,
+}
+
 impl Workload {
     fn name(self) -> &'static str {
         match self {
@@ -67,6 +79,7 @@ impl Workload {
 #[derive(Serialize)]
 struct Report<'a> {
     workload: Workload,
+    protocol: Protocol,
     urls: &'a [String],
     concurrency: usize,
     threads: usize,
@@ -102,6 +115,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// Refuses to start unless every node answers `/health` with 200: a typo in `--url`
 /// should be one clear error, not 100000 counted connection errors.
 async fn check_health(target: &Target) -> anyhow::Result<()> {
+    if target.protocol == Protocol::Resp {
+        for addr in &target.urls {
+            client::resp_ping(addr, HEALTH_TIMEOUT)
+                .await
+                .with_context(|| format!("cannot PING {addr} over RESP (is the node running?)"))?;
+        }
+        return Ok(());
+    }
     for base in &target.urls {
         let url = format!("{base}/health");
         let response = target
@@ -158,6 +179,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
     if plan.json {
         let report = Report {
             workload: plan.workload,
+            protocol: plan.protocol,
             urls: &plan.urls,
             concurrency: plan.concurrency,
             threads: plan.threads,
@@ -189,8 +211,9 @@ fn print_human(plan: &Plan, load: Option<&Summary>, measured: &Summary) {
         .filter_map(|(name, value)| value.map(|value| format!(", {name}={value}")))
         .collect();
     println!(
-        "ringkv bench: {} on {} node(s), {} clients on {} thread(s), {}-byte values, {} keys{quorum}",
+        "ringkv bench: {} over {:?} on {} node(s), {} clients on {} thread(s), {}-byte values, {} keys{quorum}",
         plan.workload.name(),
+        plan.protocol,
         plan.urls.len(),
         plan.concurrency,
         plan.threads,

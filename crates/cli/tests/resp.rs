@@ -489,3 +489,53 @@ async fn many_clients_setting_one_key_all_succeed() {
     );
     cluster.stop().await;
 }
+
+/// `ringkv bench --protocol resp` loads every node's RESP port (SET, then GET of
+/// every key it wrote), with no errors and no misses, and says so in `--json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ringkv_bench_runs_over_resp() {
+    let cluster = Cluster::start(3, &[]).await;
+    let addrs: Vec<String> = (0..3).map(|index| resp_addr(&cluster, index)).collect();
+    let bench = |workload: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args(["bench", "--protocol", "resp", "--url", &addrs.join(",")])
+            .args(["--workload", workload, "--ops", "300", "--keys", "200"])
+            .args(["--concurrency", "8", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let write = bench("write");
+    assert_eq!(write["protocol"], "resp");
+    assert_eq!(
+        (write["ops"].as_u64(), write["errors"].as_u64()),
+        (Some(300), Some(0))
+    );
+    let read = bench("read");
+    assert_eq!(read["load"]["ops"], 200);
+    assert_eq!(
+        (read["ops"].as_u64(), read["errors"].as_u64()),
+        (Some(300), Some(0))
+    );
+    assert_eq!(read["misses"], 0, "every key was loaded first");
+    // A wrong address is one clear error, not 300 counted failures.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args([
+            "bench",
+            "--protocol",
+            "resp",
+            "--url",
+            "127.0.0.1:1",
+            "--ops",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot PING 127.0.0.1:1"));
+}

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use reqwest::header::CONTENT_TYPE;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -16,7 +19,7 @@ use tokio::time::Instant;
 use super::keys::{Op, OpStream, key_name};
 use super::progress;
 use super::report::{ErrorKind, PhaseResult};
-use super::{Bound, Workload};
+use super::{Bound, Protocol, Workload};
 
 /// After a connection error a client pauses this long, so a dead node costs a
 /// trickle of counted errors instead of a busy loop of refused connects.
@@ -25,6 +28,9 @@ const CONNECTION_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// Everything the clients of a run share; built once from the plan.
 pub struct Target {
     pub client: reqwest::Client,
+    pub protocol: Protocol,
+    /// The value of every RESP `SET` (`value_size` characters).
+    pub resp_value: Bytes,
     /// Node base URLs without a trailing `/`.
     pub urls: Vec<String>,
     /// `""` or `"?r=R"`, appended to every read.
@@ -123,8 +129,173 @@ fn failure(error: &reqwest::Error) -> Failure {
     }
 }
 
+/// One client's RESP connection (opened on first use, dropped on any error).
+pub struct RespConn {
+    stream: BufReader<TcpStream>,
+    /// Scratch buffer for one command.
+    out: Vec<u8>,
+}
+
+/// Longest reply line accepted (a bulk header, `+OK`, an error text).
+const MAX_REPLY_LINE: usize = 64 * 1024;
+
+impl RespConn {
+    async fn open(addr: &str) -> std::io::Result<RespConn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RespConn {
+            stream: BufReader::new(stream),
+            out: Vec::with_capacity(256),
+        })
+    }
+
+    /// Sends one command (a RESP array of bulk strings).
+    async fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        self.out.clear();
+        self.out
+            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            self.out
+                .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            self.out.extend_from_slice(arg);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.stream.get_mut().write_all(&self.out).await
+    }
+
+    /// Reads one reply: `Ok(true)` for a value or `+OK`/`+PONG`, `Ok(false)` for a
+    /// null, `Err` with the text for an error reply or a broken stream.
+    async fn reply(&mut self) -> Result<bool, Failure> {
+        let broken = |detail: String| Failure {
+            kind: ErrorKind::Connection,
+            detail,
+        };
+        let mut line = Vec::new();
+        let read = (&mut self.stream)
+            .take(MAX_REPLY_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|error| broken(error.to_string()))?;
+        if read == 0 || !line.ends_with(b"\r\n") {
+            return Err(broken(
+                "the connection closed or sent a broken reply".into(),
+            ));
+        }
+        line.truncate(line.len() - 2);
+        let text = String::from_utf8_lossy(&line[1..]).into_owned();
+        match line.first() {
+            Some(b'+') => Ok(true),
+            Some(b'-') => Err(Failure {
+                kind: ErrorKind::Resp,
+                detail: text.chars().take(MAX_DETAIL_CHARS).collect(),
+            }),
+            Some(b'_') => Ok(false),
+            Some(b'$') if text == "-1" => Ok(false),
+            Some(b'$') => {
+                let len: usize = text
+                    .parse()
+                    .map_err(|_| broken(format!("a bad bulk length {text:?}")))?;
+                // The bulk and its CRLF, read and dropped.
+                let mut rest = vec![0; len + 2];
+                self.stream
+                    .read_exact(&mut rest)
+                    .await
+                    .map_err(|error| broken(error.to_string()))?;
+                Ok(true)
+            }
+            _ => Err(broken(format!("an unexpected reply {text:?}"))),
+        }
+    }
+}
+
+/// Opens a RESP connection to `addr` and checks it answers `PING`.
+///
+/// # Errors
+/// Connection failures, a timeout, or an answer other than `+PONG`.
+pub async fn resp_ping(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    tokio::time::timeout(timeout, async {
+        let mut conn = RespConn::open(addr).await?;
+        conn.send(&[b"PING"]).await?;
+        match conn.reply().await {
+            Ok(true) => Ok(()),
+            Ok(false) => anyhow::bail!("PING answered null"),
+            Err(failure) => anyhow::bail!("PING failed: {}", failure.detail),
+        }
+    })
+    .await
+    .context("no answer in time")?
+}
+
 impl Target {
-    async fn send(&self, base: &str, op: Op) -> Result<Success, Failure> {
+    /// Runs `op` against node `base` (a URL, or a RESP address with `conn` as the
+    /// client's connection to it).
+    async fn send(
+        &self,
+        base: &str,
+        op: Op,
+        conn: &mut Option<RespConn>,
+    ) -> Result<Success, Failure> {
+        match self.protocol {
+            Protocol::Http => self.send_http(base, op).await,
+            Protocol::Resp => {
+                match tokio::time::timeout(self.timeout, self.send_resp(base, op, conn)).await {
+                    Ok(Ok(success)) => Ok(success),
+                    Ok(Err(failure)) => {
+                        if failure.kind == ErrorKind::Connection {
+                            *conn = None;
+                        }
+                        Err(failure)
+                    }
+                    Err(_elapsed) => {
+                        // A reply may still come: the connection is out of step.
+                        *conn = None;
+                        Err(Failure {
+                            kind: ErrorKind::Timeout,
+                            detail: format!("no reply from {base} in {:?}", self.timeout),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_resp(
+        &self,
+        addr: &str,
+        op: Op,
+        conn: &mut Option<RespConn>,
+    ) -> Result<Success, Failure> {
+        let connection = match conn {
+            Some(connection) => connection,
+            None => conn.insert(RespConn::open(addr).await.map_err(|error| Failure {
+                kind: ErrorKind::Connection,
+                detail: format!("{addr}: {error}"),
+            })?),
+        };
+        let key = key_name(op.key_index());
+        let sent = match op {
+            Op::Read(_) => connection.send(&[b"GET", key.as_bytes()]).await,
+            Op::Write(_) => {
+                connection
+                    .send(&[b"SET", key.as_bytes(), &self.resp_value])
+                    .await
+            }
+        };
+        sent.map_err(|error| Failure {
+            kind: ErrorKind::Connection,
+            detail: format!("{addr}: {error}"),
+        })?;
+        match (op, connection.reply().await?) {
+            (_, true) => Ok(Success::Hit),
+            (Op::Read(_), false) => Ok(Success::Miss),
+            (Op::Write(_), false) => Err(Failure {
+                kind: ErrorKind::Resp,
+                detail: "SET answered null".into(),
+            }),
+        }
+    }
+
+    async fn send_http(&self, base: &str, op: Op) -> Result<Success, Failure> {
         let key = key_name(op.key_index());
         let request = match op {
             Op::Read(_) => self
@@ -242,6 +413,7 @@ async fn run_client(
 ) -> anyhow::Result<PhaseResult> {
     let base = &target.urls[base_index];
     let mut result = PhaseResult::new(target.timeout)?;
+    let mut conn: Option<RespConn> = None;
     let mut ops = ClientOps::new(source, client);
     loop {
         let ticket = shared.tickets.fetch_add(1, Ordering::Relaxed);
@@ -255,9 +427,9 @@ async fn run_client(
         };
         let started = Instant::now();
         let outcome = match limit {
-            Limit::Ops(_) => target.send(base, op).await,
+            Limit::Ops(_) => target.send(base, op, &mut conn).await,
             Limit::Deadline(deadline) => {
-                match tokio::time::timeout_at(deadline, target.send(base, op)).await {
+                match tokio::time::timeout_at(deadline, target.send(base, op, &mut conn)).await {
                     Ok(outcome) => outcome,
                     Err(_elapsed) => break,
                 }

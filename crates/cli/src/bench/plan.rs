@@ -6,11 +6,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::Workload;
 use super::client::{OpSource, Target};
 use super::keys::SplitMix64;
+use super::{Protocol, Workload};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// The default node with `--protocol resp`.
+const DEFAULT_RESP_ADDR: &str = "127.0.0.1:6380";
 const DEFAULT_OPS: u64 = 100_000;
 /// Clients are tasks, each holding at most one connection: this bounds both.
 const MAX_CONCURRENCY: usize = 4096;
@@ -23,8 +25,13 @@ const MAX_THREADS: usize = 256;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Nodes to load, comma-separated; clients are spread over them round-robin.
+    /// With `--protocol resp`: `HOST:PORT` (or `redis://HOST:PORT`) of RESP listeners
+    /// [default there: 127.0.0.1:6380].
     #[arg(long, env = "RINGKV_URL", default_value = DEFAULT_URL, value_delimiter = ',')]
     url: Vec<String>,
+    /// HTTP (`PUT`/`GET /v1/kv`) or RESP (`SET`/`GET`, one connection per client).
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
     /// Operations to measure [default: 100000 unless --duration is given].
     #[arg(long, conflicts_with = "duration")]
     ops: Option<u64>,
@@ -75,8 +82,9 @@ pub enum Bound {
 /// Validated arguments: everything `run` needs, each within its limit.
 #[derive(Debug, PartialEq)]
 pub struct Plan {
-    /// Base URLs, `http://`, no trailing `/`.
+    /// Base URLs, `http://`, no trailing `/`; with RESP, `HOST:PORT`.
     pub urls: Vec<String>,
+    pub protocol: Protocol,
     pub bound: Bound,
     pub concurrency: usize,
     pub value_size: usize,
@@ -107,6 +115,24 @@ fn parse_base_url(raw: &str) -> anyhow::Result<String> {
     Ok(trimmed.trim_end_matches('/').to_owned())
 }
 
+/// A RESP listener's address: `HOST:PORT` or `redis://HOST:PORT`.
+fn parse_resp_addr(raw: &str) -> anyhow::Result<String> {
+    let trimmed = raw.trim();
+    let addr = trimmed.strip_prefix("redis://").unwrap_or(trimmed);
+    let addr = addr.trim_end_matches('/');
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        bail!("--url {raw:?}: with --protocol resp give HOST:PORT (e.g. 127.0.0.1:6380)");
+    };
+    if host.is_empty() || host.contains('/') {
+        bail!("--url {raw:?} has no usable host");
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+        .with_context(|| format!("--url {raw:?}: {port:?} is not a port"))?;
+    Ok(addr.to_owned())
+}
+
 fn check_quorum(name: &str, value: Option<u8>) -> anyhow::Result<Option<u8>> {
     if value == Some(0) {
         bail!("--{name} must be at least 1");
@@ -116,12 +142,27 @@ fn check_quorum(name: &str, value: Option<u8>) -> anyhow::Result<Option<u8>> {
 
 impl Plan {
     pub fn from_args(args: BenchArgs) -> anyhow::Result<Plan> {
-        let urls = args
-            .url
-            .iter()
-            .filter(|url| !url.trim().is_empty())
-            .map(|url| parse_base_url(url))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let urls = match args.protocol {
+            Protocol::Http => args
+                .url
+                .iter()
+                .filter(|url| !url.trim().is_empty())
+                .map(|url| parse_base_url(url))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            Protocol::Resp if args.url == [DEFAULT_URL] => vec![DEFAULT_RESP_ADDR.to_owned()],
+            Protocol::Resp => args
+                .url
+                .iter()
+                .filter(|url| !url.trim().is_empty())
+                .map(|url| parse_resp_addr(url))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
+        if args.protocol == Protocol::Resp && (args.r.is_some() || args.w.is_some()) {
+            bail!(
+                "--r/--w are HTTP query parameters; over RESP every request uses the nodes' \
+                 read_quorum/write_quorum"
+            );
+        }
         if urls.is_empty() {
             bail!("--url names no node");
         }
@@ -169,6 +210,7 @@ impl Plan {
         }
         Ok(Plan {
             urls,
+            protocol: args.protocol,
             bound,
             concurrency: args.concurrency,
             value_size: args.value_size,
@@ -184,9 +226,9 @@ impl Plan {
         })
     }
 
-    /// `{"value": "..."}` with `value_size` alphanumeric characters from the seed:
-    /// incompressible enough not to flatter the storage engine, and the same each run.
-    pub fn write_body(&self) -> anyhow::Result<Vec<u8>> {
+    /// `value_size` alphanumeric characters from the seed: incompressible enough not
+    /// to flatter the storage engine, and the same each run.
+    pub fn value(&self) -> anyhow::Result<String> {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let mut rng = SplitMix64::new(self.seed);
         let alphabet_len = u64::try_from(ALPHABET.len()).context("alphabet length")?;
@@ -196,7 +238,12 @@ impl Plan {
                 char::from(ALPHABET[index])
             })
             .collect();
-        serde_json::to_vec(&serde_json::json!({ "value": value }))
+        Ok(value)
+    }
+
+    /// `{"value": "..."}` with `value()`: the body of every HTTP write.
+    pub fn write_body(&self) -> anyhow::Result<Vec<u8>> {
+        serde_json::to_vec(&serde_json::json!({ "value": self.value()? }))
             .context("cannot encode the write body")
     }
 
@@ -210,6 +257,8 @@ impl Plan {
             .context("cannot build the HTTP client")?;
         Ok(Target {
             client,
+            protocol: self.protocol,
+            resp_value: bytes::Bytes::from(self.value()?),
             urls: self.urls.clone(),
             read_query: self.r.map(|r| format!("?r={r}")).unwrap_or_default(),
             write_query: self.w.map(|w| format!("?w={w}")).unwrap_or_default(),
@@ -278,6 +327,29 @@ mod tests {
         assert!(refused(&["--url", "https://127.0.0.1:8080"]).contains("only http://"));
         assert!(refused(&["--url", "http://127.0.0.1:1?w=2"]).contains("--r/--w"));
         assert!(refused(&["--url", ","]).contains("names no node"));
+    }
+
+    #[test]
+    fn resp_takes_host_port_addresses_and_no_quorums() {
+        let plan = plan(&[
+            "--protocol",
+            "resp",
+            "--url",
+            "127.0.0.1:6380,redis://127.0.0.1:6381/",
+        ])
+        .expect("valid");
+        assert_eq!(plan.protocol, Protocol::Resp);
+        assert_eq!(plan.urls, ["127.0.0.1:6380", "127.0.0.1:6381"]);
+        let default = plan(&["--protocol", "resp"]).expect("valid");
+        assert!(
+            default.urls == [DEFAULT_RESP_ADDR] || std::env::var("RINGKV_URL").is_ok(),
+            "{:?}",
+            default.urls
+        );
+        assert!(refused(&["--protocol", "resp", "--url", "localhost"]).contains("HOST:PORT"));
+        assert!(refused(&["--protocol", "resp", "--url", "h:0"]).contains("not a port"));
+        assert!(refused(&["--protocol", "resp", "--url", "h:99999"]).contains("not a port"));
+        assert!(refused(&["--protocol", "resp", "--url", "h:1", "--w", "2"]).contains("--r/--w"));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Connection,
     /// No answer within `--timeout-ms`.
     Timeout,
+    /// An error reply over RESP (`-ERR ...`).
+    Resp,
 }
 
 impl fmt::Display for ErrorKind {
@@ -30,6 +32,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Status(code) => write!(f, "http_{code}"),
             ErrorKind::Connection => f.write_str("connection"),
             ErrorKind::Timeout => f.write_str("timeout"),
+            ErrorKind::Resp => f.write_str("resp_error"),
         }
     }
 }
