@@ -331,15 +331,15 @@ mod tests {
 
     #[test]
     fn resp_takes_host_port_addresses_and_no_quorums() {
-        let plan = plan(&[
+        let resp = plan(&[
             "--protocol",
             "resp",
             "--url",
             "127.0.0.1:6380,redis://127.0.0.1:6381/",
         ])
         .expect("valid");
-        assert_eq!(plan.protocol, Protocol::Resp);
-        assert_eq!(plan.urls, ["127.0.0.1:6380", "127.0.0.1:6381"]);
+        assert_eq!(resp.protocol, Protocol::Resp);
+        assert_eq!(resp.urls, ["127.0.0.1:6380", "127.0.0.1:6381"]);
         let default = plan(&["--protocol", "resp"]).expect("valid");
         assert!(
             default.urls == [DEFAULT_RESP_ADDR] || std::env::var("RINGKV_URL").is_ok(),
