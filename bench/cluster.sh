@@ -9,6 +9,7 @@
 #    against all three nodes;
 # 3. installs redis-server/redis-tools with apt-get if missing, starts redis-server on
 #    127.0.0.1:16399 (appendonly, appendfsync always, no RDB), runs redis-benchmark;
+#    The same load over RESP (`ringkv bench --protocol resp`) against ringkv and Redis.
 #    Also redis-benchmark -c 50 -d 100 -r KEYS -t set,get against node 0's RESP port
 #    (before stopping ringkv) and the same command against Redis (issue 9's measure).
 # 4. prints a table (ops/s and p99 of each, ratios ringkv/redis) and writes it with the
@@ -158,6 +159,18 @@ log "running: $(quoted "${write_command[@]}")"
 write_json="$(timeout "$run_timeout_s" "${write_command[@]}")"
 log "running: $(quoted "${read_command[@]}")"
 read_json="$(timeout "$run_timeout_s" "${read_command[@]}")"
+# The same load over RESP (ringkv bench --protocol resp), all three nodes; the same
+# command loads Redis below.
+resp_urls="127.0.0.1:${resp_port},127.0.0.1:$((resp_port + 1)),127.0.0.1:$((resp_port + 2))"
+resp_common=(--protocol resp --concurrency "$concurrency" --ops "$ops" --value-size "$value_size"
+    --keys "$keys" --json)
+resp_write_command=("$ringkv" bench --workload write --url "$resp_urls" "${resp_common[@]}")
+resp_read_command=("$ringkv" bench --workload read --url "$resp_urls" "${resp_common[@]}")
+log "running: $(quoted "${resp_write_command[@]}")"
+resp_write_json="$(timeout "$run_timeout_s" "${resp_write_command[@]}")"
+log "running: $(quoted "${resp_read_command[@]}")"
+resp_read_json="$(timeout "$run_timeout_s" "${resp_read_command[@]}")"
+
 # Issue 9's RESP measure: redis-benchmark against node 0's RESP port, and (below)
 # the same command against Redis.
 resp_bench_args=(-c "$resp_clients" -n "$ops" -d "$value_size" -r "$keys" -t set,get --csv)
@@ -186,6 +199,14 @@ redis_bench_command=(redis-benchmark -h 127.0.0.1 -p "$redis_port" -c "$concurre
     -d "$value_size" -t set,get --csv)
 log "running: $(quoted "${redis_bench_command[@]}")"
 redis_csv="$(timeout "$run_timeout_s" "${redis_bench_command[@]}")"
+redis_write_command=("$ringkv" bench --workload write --url "127.0.0.1:${redis_port}"
+    "${resp_common[@]}")
+redis_read_command=("$ringkv" bench --workload read --url "127.0.0.1:${redis_port}"
+    "${resp_common[@]}")
+log "running: $(quoted "${redis_write_command[@]}")"
+redis_write_json="$(timeout "$run_timeout_s" "${redis_write_command[@]}")"
+log "running: $(quoted "${redis_read_command[@]}")"
+redis_read_json="$(timeout "$run_timeout_s" "${redis_read_command[@]}")"
 redis_resp_bench_command=(redis-benchmark -h 127.0.0.1 -p "$redis_port" "${resp_bench_args[@]}")
 log "running: $(quoted "${redis_resp_bench_command[@]}")"
 redis_resp_csv="$(timeout "$run_timeout_s" "${redis_resp_bench_command[@]}")"
@@ -198,7 +219,9 @@ redis_pid=""
 # "test","rps","avg_latency_ms",...,"p99_latency_ms",...; older versions only
 # "test","rps" (then p99 is n/a). Columns are found by name, not position.
 table="$(WRITE_JSON="$write_json" READ_JSON="$read_json" REDIS_CSV="$redis_csv" \
-    RESP_CSV="$resp_csv" REDIS_RESP_CSV="$redis_resp_csv" python3 - <<'EOF'
+    RESP_CSV="$resp_csv" REDIS_RESP_CSV="$redis_resp_csv" RESP_WRITE_JSON="$resp_write_json" \
+    RESP_READ_JSON="$resp_read_json" REDIS_WRITE_JSON="$redis_write_json" \
+    REDIS_READ_JSON="$redis_read_json" python3 - <<'EOF'
 import csv, io, json, os
 
 write = json.loads(os.environ["WRITE_JSON"])
@@ -245,6 +268,15 @@ for name, ours, test in (("write", write, "SET"), ("read", read, "GET")):
         (f"{name} p99 ms ({test})", ours.get("p99_ms"), number(theirs.get("p99_latency_ms")), 3),
     )
     for label, a, b, digits in pairs:
+        lines.append(f"| {label} | {cell(a, digits)} | {cell(b, digits)} | {ratio(a, b)} |")
+lines.append("")
+lines.append("| ringkv bench --protocol resp, 64 clients | ringkv (3 nodes, RESP) | redis (appendfsync always) | ringkv/redis |")
+lines.append("|---|---:|---:|---:|")
+for name in ("write", "read"):
+    ours = json.loads(os.environ[f"RESP_{name.upper()}_JSON"])
+    theirs = json.loads(os.environ[f"REDIS_{name.upper()}_JSON"])
+    for label, field, digits in ((f"{name} ops/s", "ops_per_sec", 0), (f"{name} p99 ms", "p99_ms", 3)):
+        a, b = ours.get(field), theirs.get(field)
         lines.append(f"| {label} | {cell(a, digits)} | {cell(b, digits)} | {ratio(a, b)} |")
 lines.append("")
 lines.append("| redis-benchmark -c 50 -d 100 | ringkv (node 0 RESP) | redis (appendfsync always) | ringkv/redis |")
@@ -299,6 +331,10 @@ fi
     echo "$(quoted "${read_command[@]}")"
     echo "$(quoted "${redis_command[@]}")"
     echo "$(quoted "${redis_bench_command[@]}")"
+    echo "$(quoted "${resp_write_command[@]}")"
+    echo "$(quoted "${resp_read_command[@]}")"
+    echo "$(quoted "${redis_write_command[@]}")"
+    echo "$(quoted "${redis_read_command[@]}")"
     echo "$(quoted "${resp_bench_command[@]}")"
     echo "$(quoted "${redis_resp_bench_command[@]}")"
     echo '```'
@@ -320,6 +356,13 @@ fi
     echo "redis-benchmark:"
     echo '```'
     echo "$redis_csv"
+    echo '```'
+    echo "ringkv bench --protocol resp: ringkv write, read, then redis write, read:"
+    echo '```json'
+    echo "$resp_write_json"
+    echo "$resp_read_json"
+    echo "$redis_write_json"
+    echo "$redis_read_json"
     echo '```'
     echo "redis-benchmark against ringkv RESP (node 0), then against redis, -c ${resp_clients} -r ${keys}:"
     echo '```'
