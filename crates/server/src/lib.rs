@@ -362,9 +362,11 @@ impl Server {
         // the marker was cleared) resumes from there: streaming again would take
         // the node back to `Joining`, out of the reads some members already send it.
         let streamed = matches!(saved_state, Some(MemberState::Joined | MemberState::Normal));
+        // (The state is recorded before the marker: either says a join began.)
+        let began_joining = was_joining || saved_state == Some(MemberState::Joining);
         let joins = !seeds.is_empty()
             && others
-            && ((was_joining && !streamed) || was_removed || (first_join && adopted.is_none()));
+            && ((began_joining && !streamed) || was_removed || (first_join && adopted.is_none()));
         // A change in its second phase (data moved, the news spreading) ends.
         let resumes = saved_state
             .filter(|state| !joins && matches!(state, MemberState::Joined | MemberState::Drained));
