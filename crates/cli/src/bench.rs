@@ -52,6 +52,28 @@ pub enum Workload {
     Read,
     /// 50 % GET, 50 % PUT of random keys (no load: reads of unwritten keys are misses).
     Mixed,
+    /// YCSB A (update heavy): load every key, then 50 % reads, 50 % updates.
+    #[value(name = "ycsb-a")]
+    #[serde(rename = "ycsb-a")]
+    YcsbA,
+    /// YCSB B (read mostly): load every key, then 95 % reads, 5 % updates.
+    #[value(name = "ycsb-b")]
+    #[serde(rename = "ycsb-b")]
+    YcsbB,
+    /// YCSB C (read only): load every key, then reads.
+    #[value(name = "ycsb-c")]
+    #[serde(rename = "ycsb-c")]
+    YcsbC,
+}
+
+/// How the measured phase picks keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    /// Every key equally likely.
+    Uniform,
+    /// YCSB's scrambled zipfian (θ = 0.99): a few keys are hot, spread over the ring.
+    Zipfian,
 }
 
 /// How the clients talk to the nodes.
@@ -66,11 +88,32 @@ pub enum Protocol {
 }
 
 impl Workload {
+    /// Whether the measured phase reads keys that a load phase writes first.
+    fn loads(self) -> bool {
+        matches!(
+            self,
+            Workload::Read | Workload::YcsbA | Workload::YcsbB | Workload::YcsbC
+        )
+    }
+
+    /// Per mille of the measured ops that are reads.
+    pub fn reads_per_mille(self) -> u64 {
+        match self {
+            Workload::Write => 0,
+            Workload::Read | Workload::YcsbC => 1000,
+            Workload::Mixed | Workload::YcsbA => 500,
+            Workload::YcsbB => 950,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Workload::Write => "write",
             Workload::Read => "read",
             Workload::Mixed => "mixed",
+            Workload::YcsbA => "ycsb-a",
+            Workload::YcsbB => "ycsb-b",
+            Workload::YcsbC => "ycsb-c",
         }
     }
 }
@@ -80,6 +123,7 @@ impl Workload {
 struct Report<'a> {
     workload: Workload,
     protocol: Protocol,
+    distribution: Distribution,
     urls: &'a [String],
     concurrency: usize,
     threads: usize,
@@ -143,7 +187,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
     let target = Arc::new(plan.target()?);
     check_health(&target).await?;
 
-    let load = if plan.workload == Workload::Read {
+    let load = if plan.workload.loads() {
         let phase = Phase {
             name: "load",
             source: OpSource::EveryKey { keys: plan.keys },
@@ -180,6 +224,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
         let report = Report {
             workload: plan.workload,
             protocol: plan.protocol,
+            distribution: plan.distribution,
             urls: &plan.urls,
             concurrency: plan.concurrency,
             threads: plan.threads,
@@ -211,14 +256,15 @@ fn print_human(plan: &Plan, load: Option<&Summary>, measured: &Summary) {
         .filter_map(|(name, value)| value.map(|value| format!(", {name}={value}")))
         .collect();
     println!(
-        "ringkv bench: {} over {:?} on {} node(s), {} clients on {} thread(s), {}-byte values, {} keys{quorum}",
+        "ringkv bench: {} over {:?} on {} node(s), {} clients on {} thread(s), {}-byte values, {} keys ({:?}){quorum}",
         plan.workload.name(),
         plan.protocol,
         plan.urls.len(),
         plan.concurrency,
         plan.threads,
         plan.value_size,
-        plan.keys
+        plan.keys,
+        plan.distribution
     );
     if let Some(load) = load {
         println!(

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::keys::{Op, OpStream, key_name};
+use super::keys::{KeyChoice, Op, OpStream, key_name};
 use super::progress;
 use super::report::{ErrorKind, PhaseResult};
 use super::{Bound, Protocol, Workload};
@@ -54,6 +54,7 @@ pub enum OpSource {
         phase: u32,
         keys: u64,
         workload: Workload,
+        choice: KeyChoice,
     },
 }
 
@@ -390,7 +391,10 @@ impl ClientOps {
                 phase,
                 keys,
                 workload,
-            } => ClientOps::Random(OpStream::new(seed, phase, client, keys, workload)),
+                choice,
+            } => ClientOps::Random(OpStream::with_choice(
+                seed, phase, client, keys, workload, choice,
+            )),
         }
     }
 

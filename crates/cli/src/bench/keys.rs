@@ -2,7 +2,7 @@
 //! stream per client, so a run's key sequence depends only on `--seed`, the client's
 //! index and the phase, never on timing.
 
-use super::Workload;
+use super::{Distribution, Workload};
 
 /// One operation on key `bench-{index}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,18 +56,115 @@ impl SplitMix64 {
     }
 }
 
-/// The operations of one client in one phase: keys uniform over `0..keys`.
+/// YCSB's zipfian generator (Gray et al., "Quickly generating billion-record
+/// synthetic databases", as in YCSB's `ZipfianGenerator`), precomputed once for
+/// `n` keys: ranks near 0 are the hot ones.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Zipf {
+    n: u64,
+    theta: f64,
+    alpha: f64,
+    zeta_n: f64,
+    eta: f64,
+}
+
+/// YCSB's default skew.
+pub const ZIPF_THETA: f64 = 0.99;
+/// Most keys a zipfian run may have: precomputing ζ(n) costs n powers.
+pub const MAX_ZIPF_KEYS: u64 = 100_000_000;
+
+impl Zipf {
+    pub fn new(n: u64, theta: f64) -> Zipf {
+        assert!(n > 0 && n <= MAX_ZIPF_KEYS);
+        let zeta = |count: u64| {
+            (1..=count)
+                .map(|i| 1.0 / (i as f64).powf(theta))
+                .sum::<f64>()
+        };
+        let zeta_n = zeta(n);
+        let zeta_2 = zeta(2.min(n));
+        let eta = if n <= 2 {
+            0.0
+        } else {
+            (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta_2 / zeta_n)
+        };
+        Zipf {
+            n,
+            theta,
+            alpha: 1.0 / (1.0 - theta),
+            zeta_n,
+            eta,
+        }
+    }
+
+    /// A rank in `0..n`.
+    fn rank(&self, rng: &mut SplitMix64) -> u64 {
+        // 53 random bits as a float in [0, 1).
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let uz = u * self.zeta_n;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + 0.5f64.powf(self.theta) {
+            return 1.min(self.n - 1);
+        }
+        let rank = (self.n as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64;
+        rank.min(self.n - 1)
+    }
+
+    /// A key index in `0..n`: a rank, scrambled (FNV-1a) so the hot keys are spread
+    /// over the ring instead of being `bench-0`, `bench-1`, ...
+    fn key(&self, rng: &mut SplitMix64) -> u64 {
+        let mut hash: u64 = 0xCBF2_9CE4_8422_2325;
+        for byte in self.rank(rng).to_le_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+        hash % self.n
+    }
+}
+
+/// How keys are drawn (precomputed where it matters).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KeyChoice {
+    Uniform,
+    Zipfian(Zipf),
+}
+
+impl KeyChoice {
+    pub fn new(distribution: Distribution, keys: u64) -> KeyChoice {
+        match distribution {
+            Distribution::Uniform => KeyChoice::Uniform,
+            Distribution::Zipfian => KeyChoice::Zipfian(Zipf::new(keys, ZIPF_THETA)),
+        }
+    }
+}
+
+/// The operations of one client in one phase.
 #[derive(Clone, Debug)]
 pub struct OpStream {
     rng: SplitMix64,
     keys: u64,
     workload: Workload,
+    choice: KeyChoice,
 }
 
 impl OpStream {
     /// Streams for different `(seed, phase, client)` are independent: the three are
     /// mixed through SplitMix64 before seeding.
+    #[cfg(test)]
     pub fn new(seed: u64, phase: u32, client: u32, keys: u64, workload: Workload) -> OpStream {
+        OpStream::with_choice(seed, phase, client, keys, workload, KeyChoice::Uniform)
+    }
+
+    pub fn with_choice(
+        seed: u64,
+        phase: u32,
+        client: u32,
+        keys: u64,
+        workload: Workload,
+        choice: KeyChoice,
+    ) -> OpStream {
         assert!(keys > 0);
         let mut mixer = SplitMix64::new(seed);
         let stream_id = (u64::from(phase) << 32) | u64::from(client);
@@ -76,16 +173,27 @@ impl OpStream {
             rng: SplitMix64::new(client_seed),
             keys,
             workload,
+            choice,
         }
     }
 
     pub fn next_op(&mut self) -> Op {
-        let key = self.rng.below(self.keys);
+        let key = match &self.choice {
+            KeyChoice::Uniform => self.rng.below(self.keys),
+            KeyChoice::Zipfian(zipf) => zipf.key(&mut self.rng),
+        };
         match self.workload {
             Workload::Write => Op::Write(key),
             Workload::Read => Op::Read(key),
             Workload::Mixed => {
                 if self.rng.next_u64() >> 63 == 0 {
+                    Op::Read(key)
+                } else {
+                    Op::Write(key)
+                }
+            }
+            Workload::YcsbA | Workload::YcsbB | Workload::YcsbC => {
+                if self.rng.below(1000) < self.workload.reads_per_mille() {
                     Op::Read(key)
                 } else {
                     Op::Write(key)
@@ -166,5 +274,53 @@ mod tests {
     #[test]
     fn key_names_are_plain_ascii() {
         assert_eq!(key_name(42), "bench-42");
+    }
+
+    /// Zipfian keys stay in range, are skewed as YCSB's (θ = 0.99: the hottest key
+    /// takes a few percent of all ops, the top 1 % of keys far more than 1 %), and
+    /// the hot keys are scrambled (not just the lowest indices).
+    #[test]
+    fn zipfian_keys_are_skewed_in_range_and_scrambled() {
+        let keys = 10_000;
+        let choice = KeyChoice::new(Distribution::Zipfian, keys);
+        let mut stream = OpStream::with_choice(1, 2, 3, keys, Workload::YcsbC, choice);
+        let mut counts = vec![0u32; keys as usize];
+        let draws = 200_000;
+        for _ in 0..draws {
+            let op = stream.next_op();
+            assert!(matches!(op, Op::Read(_)), "YCSB C only reads");
+            counts[op.key_index() as usize] += 1;
+        }
+        let mut sorted = counts.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        let top = f64::from(sorted[0]) / f64::from(draws);
+        let top_percent: u32 = sorted[..100].iter().sum();
+        assert!((0.02..0.2).contains(&top), "the hottest key takes {top}");
+        assert!(
+            f64::from(top_percent) / f64::from(draws) > 0.3,
+            "the hottest 1 % take {top_percent} of {draws}"
+        );
+        let hottest = counts.iter().position(|count| *count == sorted[0]).unwrap();
+        assert_ne!(hottest, 0, "scrambled: the hot key is not bench-0");
+        // Uniform for comparison: no key far above its share.
+        let mut uniform = OpStream::new(1, 2, 3, keys, Workload::Read);
+        let mut counts = vec![0u32; keys as usize];
+        for _ in 0..draws {
+            counts[uniform.next_op().key_index() as usize] += 1;
+        }
+        assert!(counts.iter().all(|count| *count < 100));
+    }
+
+    /// YCSB A and B mix reads and updates 50/50 and 95/5.
+    #[test]
+    fn ycsb_workloads_mix_reads_and_updates() {
+        for (workload, reads) in [(Workload::YcsbA, 0.5), (Workload::YcsbB, 0.95)] {
+            let mut stream = OpStream::new(9, 2, 0, 1000, workload);
+            let count = (0..20_000)
+                .filter(|_| matches!(stream.next_op(), Op::Read(_)))
+                .count();
+            let share = count as f64 / 20_000.0;
+            assert!((share - reads).abs() < 0.02, "{workload:?}: {share}");
+        }
     }
 }

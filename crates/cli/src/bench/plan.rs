@@ -8,7 +8,8 @@ use clap::Args;
 
 use super::client::{OpSource, Target};
 use super::keys::SplitMix64;
-use super::{Protocol, Workload};
+use super::keys::{KeyChoice, MAX_ZIPF_KEYS};
+use super::{Distribution, Protocol, Workload};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 /// The default node with `--protocol resp`.
@@ -49,6 +50,9 @@ pub struct BenchArgs {
     keys: u64,
     #[arg(long, value_enum, default_value_t = Workload::Write)]
     workload: Workload,
+    /// How the measured ops pick keys (the load phase writes every key once).
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
     /// Read quorum sent with every read (?r=R).
     #[arg(long)]
     r: Option<u8>,
@@ -90,6 +94,9 @@ pub struct Plan {
     pub value_size: usize,
     pub keys: u64,
     pub workload: Workload,
+    pub distribution: Distribution,
+    /// The key choice, precomputed once (a zipfian's ζ(n)).
+    pub key_choice: KeyChoice,
     pub r: Option<u8>,
     pub w: Option<u8>,
     pub json: bool,
@@ -199,6 +206,12 @@ impl Plan {
         if args.keys == 0 {
             bail!("--keys must be at least 1");
         }
+        if args.distribution == Distribution::Zipfian && args.keys > MAX_ZIPF_KEYS {
+            bail!(
+                "--keys must be at most {MAX_ZIPF_KEYS} with --distribution zipfian, got {}",
+                args.keys
+            );
+        }
         if !(1..=MAX_TIMEOUT_MS).contains(&args.timeout_ms) {
             bail!(
                 "--timeout-ms must be 1..={MAX_TIMEOUT_MS}, got {}",
@@ -216,6 +229,8 @@ impl Plan {
             value_size: args.value_size,
             keys: args.keys,
             workload: args.workload,
+            distribution: args.distribution,
+            key_choice: KeyChoice::new(args.distribution, args.keys),
             r: check_quorum("r", args.r)?,
             w: check_quorum("w", args.w)?,
             json: args.json,
@@ -273,6 +288,7 @@ impl Plan {
             phase,
             keys: self.keys,
             workload: self.workload,
+            choice: self.key_choice,
         }
     }
 }
@@ -350,6 +366,23 @@ mod tests {
         assert!(refused(&["--protocol", "resp", "--url", "h:0"]).contains("not a port"));
         assert!(refused(&["--protocol", "resp", "--url", "h:99999"]).contains("not a port"));
         assert!(refused(&["--protocol", "resp", "--url", "h:1", "--w", "2"]).contains("--r/--w"));
+    }
+
+    #[test]
+    fn ycsb_workloads_and_zipfian_keys_are_parsed_and_bounded() {
+        let plan = plan(&[
+            "--workload",
+            "ycsb-b",
+            "--distribution",
+            "zipfian",
+            "--keys",
+            "50",
+        ])
+        .expect("valid");
+        assert_eq!(plan.workload, Workload::YcsbB);
+        assert_eq!(plan.distribution, Distribution::Zipfian);
+        assert!(matches!(plan.key_choice, KeyChoice::Zipfian(_)));
+        assert!(refused(&["--distribution", "zipfian", "--keys", "100000001"]).contains("at most"));
     }
 
     #[test]
