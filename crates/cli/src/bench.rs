@@ -64,6 +64,11 @@ pub enum Workload {
     #[value(name = "ycsb-c")]
     #[serde(rename = "ycsb-c")]
     YcsbC,
+    /// YCSB F (read-modify-write): load every key, then 50 % reads, 50 % reads
+    /// followed by a write carrying the version read (one op each).
+    #[value(name = "ycsb-f")]
+    #[serde(rename = "ycsb-f")]
+    YcsbF,
 }
 
 /// How the measured phase picks keys.
@@ -92,7 +97,7 @@ impl Workload {
     fn loads(self) -> bool {
         matches!(
             self,
-            Workload::Read | Workload::YcsbA | Workload::YcsbB | Workload::YcsbC
+            Workload::Read | Workload::YcsbA | Workload::YcsbB | Workload::YcsbC | Workload::YcsbF
         )
     }
 
@@ -101,7 +106,7 @@ impl Workload {
         match self {
             Workload::Write => 0,
             Workload::Read | Workload::YcsbC => 1000,
-            Workload::Mixed | Workload::YcsbA => 500,
+            Workload::Mixed | Workload::YcsbA | Workload::YcsbF => 500,
             Workload::YcsbB => 950,
         }
     }
@@ -114,6 +119,7 @@ impl Workload {
             Workload::YcsbA => "ycsb-a",
             Workload::YcsbB => "ycsb-b",
             Workload::YcsbC => "ycsb-c",
+            Workload::YcsbF => "ycsb-f",
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -94,7 +94,7 @@ pub enum Success {
 /// `300` (siblings: the read worked), and `404` as a miss.
 pub fn classify(op: Op, status: u16) -> Result<Success, ErrorKind> {
     match (op, status) {
-        (Op::Write(_), 200) | (Op::Read(_), 200 | 300) => Ok(Success::Hit),
+        (Op::Write(_) | Op::Update(_), 200) | (Op::Read(_), 200 | 300) => Ok(Success::Hit),
         (Op::Read(_), 404) => Ok(Success::Miss),
         _ => Err(ErrorKind::Status(status)),
     }
@@ -274,22 +274,31 @@ impl Target {
             })?),
         };
         let key = key_name(op.key_index());
+        let broken = |error: std::io::Error| Failure {
+            kind: ErrorKind::Connection,
+            detail: format!("{addr}: {error}"),
+        };
+        if let Op::Update(_) = op {
+            // Read, then write (RESP resolves by LWW: the SET needs no version).
+            connection
+                .send(&[b"GET", key.as_bytes()])
+                .await
+                .map_err(broken)?;
+            connection.reply().await?;
+        }
         let sent = match op {
             Op::Read(_) => connection.send(&[b"GET", key.as_bytes()]).await,
-            Op::Write(_) => {
+            Op::Write(_) | Op::Update(_) => {
                 connection
                     .send(&[b"SET", key.as_bytes(), &self.resp_value])
                     .await
             }
         };
-        sent.map_err(|error| Failure {
-            kind: ErrorKind::Connection,
-            detail: format!("{addr}: {error}"),
-        })?;
+        sent.map_err(broken)?;
         match (op, connection.reply().await?) {
             (_, true) => Ok(Success::Hit),
             (Op::Read(_), false) => Ok(Success::Miss),
-            (Op::Write(_), false) => Err(Failure {
+            (Op::Write(_) | Op::Update(_), false) => Err(Failure {
                 kind: ErrorKind::Resp,
                 detail: "SET answered null".into(),
             }),
@@ -298,15 +307,26 @@ impl Target {
 
     async fn send_http(&self, base: &str, op: Op) -> Result<Success, Failure> {
         let key = key_name(op.key_index());
+        // A read-modify-write reads the version first (a miss writes blind).
+        let version = match op {
+            Op::Update(_) => self.read_version(base, &key).await?,
+            Op::Read(_) | Op::Write(_) => None,
+        };
         let request = match op {
             Op::Read(_) => self
                 .client
                 .get(format!("{base}/v1/kv/{key}{}", self.read_query)),
-            Op::Write(_) => self
-                .client
-                .put(format!("{base}/v1/kv/{key}{}", self.write_query))
-                .header(CONTENT_TYPE, "application/json")
-                .body(self.write_body.clone()),
+            Op::Write(_) | Op::Update(_) => {
+                let request = self
+                    .client
+                    .put(format!("{base}/v1/kv/{key}{}", self.write_query))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(self.write_body.clone());
+                match &version {
+                    Some(version) => request.header(VERSION_HEADER, version.as_str()),
+                    None => request,
+                }
+            }
         };
         let response = request.send().await.map_err(|error| failure(&error))?;
         let status = response.status().as_u16();
@@ -321,6 +341,44 @@ impl Target {
         })
     }
 }
+
+impl Target {
+    /// The version token of `key` as a read answers it (`X-Ringkv-Version`, with
+    /// raw bytes accepted), `None` for a key never written.
+    async fn read_version(&self, base: &str, key: &str) -> Result<Option<String>, Failure> {
+        let response = self
+            .client
+            .get(format!("{base}/v1/kv/{key}{}", self.read_query))
+            .header(ACCEPT, "application/octet-stream")
+            .send()
+            .await
+            .map_err(|error| failure(&error))?;
+        let status = response.status().as_u16();
+        let header = response
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.map_err(|error| failure(&error))?;
+        match status {
+            // Siblings come as JSON, with the version that resolves them.
+            300 => Ok(serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| json["version"].as_str().map(str::to_owned))),
+            200 | 404 => Ok(header),
+            _ => Err(Failure {
+                kind: ErrorKind::Status(status),
+                detail: String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(MAX_DETAIL_CHARS)
+                    .collect(),
+            }),
+        }
+    }
+}
+
+/// The header that carries a version with raw bodies (`server::request`).
+const VERSION_HEADER: &str = "x-ringkv-version";
 
 /// Runs one phase with `concurrency` clients and returns their merged results.
 ///

@@ -9,12 +9,15 @@ use super::{Distribution, Workload};
 pub enum Op {
     Read(u64),
     Write(u64),
+    /// Read, then write back with the version read (YCSB F's read-modify-write):
+    /// one op, timed from the read to the write's answer.
+    Update(u64),
 }
 
 impl Op {
     pub fn key_index(self) -> u64 {
         match self {
-            Op::Read(index) | Op::Write(index) => index,
+            Op::Read(index) | Op::Write(index) | Op::Update(index) => index,
         }
     }
 }
@@ -192,6 +195,13 @@ impl OpStream {
                     Op::Write(key)
                 }
             }
+            Workload::YcsbF => {
+                if self.rng.below(1000) < self.workload.reads_per_mille() {
+                    Op::Read(key)
+                } else {
+                    Op::Update(key)
+                }
+            }
             Workload::YcsbA | Workload::YcsbB | Workload::YcsbC => {
                 if self.rng.below(1000) < self.workload.reads_per_mille() {
                     Op::Read(key)
@@ -311,10 +321,17 @@ mod tests {
         assert!(counts.iter().all(|count| *count < 100));
     }
 
-    /// YCSB A and B mix reads and updates 50/50 and 95/5.
+    /// YCSB A, B and F mix reads and updates 50/50, 95/5 and 50/50 (F's updates
+    /// are read-modify-writes).
     #[test]
     fn ycsb_workloads_mix_reads_and_updates() {
-        for (workload, reads) in [(Workload::YcsbA, 0.5), (Workload::YcsbB, 0.95)] {
+        let mut f = OpStream::new(9, 2, 0, 1000, Workload::YcsbF);
+        assert!((0..100).all(|_| !matches!(f.next_op(), Op::Write(_))));
+        for (workload, reads) in [
+            (Workload::YcsbA, 0.5),
+            (Workload::YcsbB, 0.95),
+            (Workload::YcsbF, 0.5),
+        ] {
             let mut stream = OpStream::new(9, 2, 0, 1000, workload);
             let count = (0..20_000)
                 .filter(|_| matches!(stream.next_op(), Op::Read(_)))
