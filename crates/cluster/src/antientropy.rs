@@ -32,7 +32,7 @@ use ringkv_core::merkle::FANOUT;
 use ringkv_core::wire::{MAX_ARCS_PER_REQUEST, MAX_DIGESTS, PeerRequest, PeerResponse};
 use ringkv_core::{Key, NodeId, Record, Token, TokenRange};
 
-use crate::gather::Gather;
+use crate::gather::{Borrowed, Gather, join_all};
 use crate::membership::{Liveness, Membership};
 use crate::node::Node;
 use crate::tombstone::Collector;
@@ -642,41 +642,8 @@ impl AntiEntropy {
 /// Differing arcs descended at once, with one peer.
 const PARALLEL_ARCS: usize = 4;
 
-/// A future borrowing the round.
-type Borrowed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
 /// One arc's descent: its own report, merged into the round's afterwards.
 type ArcFuture<'a> = Borrowed<'a, (TokenRange, RoundReport, Result<u64, Stop>)>;
-
-/// Runs every future to its end, together (no spawning: they borrow the round);
-/// their outputs in the order given.
-async fn join_all<T>(futures: Vec<Borrowed<'_, T>>) -> Vec<T> {
-    let mut slots: Vec<(Option<Borrowed<'_, T>>, Option<T>)> = futures
-        .into_iter()
-        .map(|future| (Some(future), None))
-        .collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in &mut slots {
-            if let Some(running) = future {
-                match running.as_mut().poll(cx) {
-                    std::task::Poll::Ready(done) => {
-                        *output = Some(done);
-                        *future = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    slots.into_iter().filter_map(|(_, output)| output).collect()
-}
 
 /// Keys of one leaf repaired at once.
 const KEYS_AT_ONCE: usize = 32;

@@ -56,3 +56,36 @@ impl<T: Send + 'static> Gather<T> {
         self.done
     }
 }
+
+/// A future borrowing its caller (run inside it, not spawned).
+pub type Borrowed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Runs every future to its end, together, without spawning (they may borrow the
+/// caller); their outputs in the order given.
+pub async fn join_all<T>(futures: Vec<Borrowed<'_, T>>) -> Vec<T> {
+    let mut slots: Vec<(Option<Borrowed<'_, T>>, Option<T>)> = futures
+        .into_iter()
+        .map(|future| (Some(future), None))
+        .collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in &mut slots {
+            if let Some(running) = future {
+                match running.as_mut().poll(cx) {
+                    Poll::Ready(done) => {
+                        *output = Some(done);
+                        *future = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    slots.into_iter().filter_map(|(_, output)| output).collect()
+}
