@@ -132,12 +132,8 @@ impl Topology {
                         return Cleanup::Unfinished(dropped);
                     }
                 };
-                let bytes: u64 = records
-                    .iter()
-                    .map(|(key, record)| (key.as_bytes().len() + record.encode().len()) as u64)
-                    .sum();
                 let given = records.len();
-                let handed = self.hand_over(records, new, n).await;
+                let (handed, bytes) = self.hand_over(records, new, n).await;
                 unfinished |= handed.len() < given;
                 let (node, membership, ring) =
                     (self.node.clone(), self.membership.clone(), new.clone());
@@ -174,19 +170,29 @@ impl Topology {
     }
 
     /// Sends each record to its live replicas on `new`; returns those every one of
-    /// them (at least one) acknowledged.
+    /// them (at least one) acknowledged, and the bytes of records sent.
     async fn hand_over(
         &self,
         records: Vec<(Key, Record)>,
         new: &ringkv_core::ring::Ring,
         n: usize,
-    ) -> Vec<(Key, Record)> {
+    ) -> (Vec<(Key, Record)>, u64) {
         let mut handed = Vec::new();
+        let mut bytes = 0;
         for batch in records.chunks(HAND_OVER_AT_ONCE) {
+            let encoded: Vec<(Bytes, Bytes)> = batch
+                .iter()
+                .map(|(key, record)| (key.to_bytes(), Bytes::from(record.encode())))
+                .collect();
+            bytes += encoded
+                .iter()
+                .map(|(key, record)| (key.len() + record.len()) as u64)
+                .sum::<u64>();
             let calls: Vec<(NodeId, crate::transport::BoxFuture<bool>)> = batch
                 .iter()
+                .zip(encoded)
                 .enumerate()
-                .map(|(index, (key, record))| {
+                .map(|(index, ((key, _), (key_bytes, record)))| {
                     let peers: Vec<crate::transport::Peer> = new
                         .preference_list(key.token(), n)
                         .replicas()
@@ -196,7 +202,7 @@ impl Topology {
                         .collect();
                     let (transport, timeout) =
                         (self.transport.clone(), self.settings.request_timeout);
-                    let (key, record) = (key.to_bytes(), Bytes::from(record.encode()));
+                    let key = key_bytes;
                     let call: crate::transport::BoxFuture<bool> = Box::pin(async move {
                         if peers.is_empty() {
                             return false;
@@ -226,7 +232,7 @@ impl Topology {
                 }
             }
         }
-        handed
+        (handed, bytes)
     }
 
     /// Copies `clean_up` dropped since start.
