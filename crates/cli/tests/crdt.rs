@@ -61,16 +61,23 @@ async fn value_through(cluster: &Cluster, index: usize) -> Option<i64> {
 async fn increments_through_every_node_survive_a_paused_node() {
     let cluster = Arc::new(Cluster::start(3, FLAGS).await);
     let paused = 2;
-    // Clients do half their increments, wait while the node is paused, then do the
-    // rest: the paused node's client hangs until SIGCONT, the others go on.
+    // Clients do half their increments, then the node is paused: the other two
+    // go on through their nodes; the paused node's client waits until it is
+    // resumed (a request caught in flight by the pause would outlive its timeout
+    // inside the stopped process and fail, and a failed increment may still have
+    // counted, so it cannot be retried), then does the rest.
     let halfway = Arc::new(Barrier::new(4));
+    let resumed = Arc::new(Barrier::new(2));
     let mut clients = Vec::new();
     for index in 0..3 {
-        let (cluster, halfway) = (cluster.clone(), halfway.clone());
+        let (cluster, halfway, resumed) = (cluster.clone(), halfway.clone(), resumed.clone());
         clients.push(tokio::spawn(async move {
             for done in 0..PER_CLIENT {
                 if done == PER_CLIENT / 2 {
                     halfway.wait().await;
+                    if index == paused {
+                        resumed.wait().await;
+                    }
                 }
                 increment(&cluster, index).await;
             }
@@ -83,6 +90,7 @@ async fn increments_through_every_node_survive_a_paused_node() {
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     cluster.signal(paused, Signal::Continue);
     let paused_for = stopped.elapsed();
+    resumed.wait().await;
     for client in clients {
         client.await.unwrap();
     }
