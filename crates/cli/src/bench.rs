@@ -25,6 +25,7 @@ mod keys;
 mod plan;
 mod progress;
 mod report;
+mod timeline;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,6 +65,16 @@ pub enum Workload {
     #[value(name = "ycsb-c")]
     #[serde(rename = "ycsb-c")]
     YcsbC,
+    /// YCSB D (read latest): load every key, then 95 % reads, 5 % inserts of new
+    /// keys; reads favour the newest keys (`--distribution latest`, its default).
+    #[value(name = "ycsb-d")]
+    #[serde(rename = "ycsb-d")]
+    YcsbD,
+    /// YCSB E (short ranges): refused, as ringkv places keys by hash and has no
+    /// range scans (DESIGN.md); listed so the refusal says why.
+    #[value(name = "ycsb-e")]
+    #[serde(rename = "ycsb-e")]
+    YcsbE,
     /// YCSB F (read-modify-write): load every key, then 50 % reads, 50 % reads
     /// followed by a write carrying the version read (one op each).
     #[value(name = "ycsb-f")]
@@ -79,6 +90,9 @@ pub enum Distribution {
     Uniform,
     /// YCSB's scrambled zipfian (θ = 0.99): a few keys are hot, spread over the ring.
     Zipfian,
+    /// YCSB's latest: zipfian ranks counted back from the newest key (the default of
+    /// `ycsb-d`, whose inserts make new keys).
+    Latest,
 }
 
 /// How the clients talk to the nodes.
@@ -90,6 +104,11 @@ pub enum Protocol {
     /// `SET`/`GET` over the Redis protocol, one connection per client (as
     /// redis-benchmark): the same load can run against Redis itself.
     Resp,
+    /// The Rust SDK (`ringkv-client`): each request straight to a replica of its key.
+    Sdk,
+    /// etcd's v3 JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`), to load an etcd
+    /// cluster with the same workload (`bench/compare`).
+    Etcd,
 }
 
 impl Workload {
@@ -97,7 +116,13 @@ impl Workload {
     fn loads(self) -> bool {
         matches!(
             self,
-            Workload::Read | Workload::YcsbA | Workload::YcsbB | Workload::YcsbC | Workload::YcsbF
+            Workload::Read
+                | Workload::YcsbA
+                | Workload::YcsbB
+                | Workload::YcsbC
+                | Workload::YcsbD
+                | Workload::YcsbE
+                | Workload::YcsbF
         )
     }
 
@@ -107,7 +132,7 @@ impl Workload {
             Workload::Write => 0,
             Workload::Read | Workload::YcsbC => 1000,
             Workload::Mixed | Workload::YcsbA | Workload::YcsbF => 500,
-            Workload::YcsbB => 950,
+            Workload::YcsbB | Workload::YcsbD | Workload::YcsbE => 950,
         }
     }
 
@@ -119,6 +144,8 @@ impl Workload {
             Workload::YcsbA => "ycsb-a",
             Workload::YcsbB => "ycsb-b",
             Workload::YcsbC => "ycsb-c",
+            Workload::YcsbD => "ycsb-d",
+            Workload::YcsbE => "ycsb-e",
             Workload::YcsbF => "ycsb-f",
         }
     }
@@ -142,6 +169,9 @@ struct Report<'a> {
     #[serde(flatten)]
     measured: Summary,
     load: Option<Summary>,
+    /// The measured phase over time, one point per `timeline_bucket_ms`.
+    timeline_bucket_ms: u128,
+    timeline: Vec<timeline::Point>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -190,14 +220,26 @@ async fn check_health(target: &Target) -> anyhow::Result<()> {
 }
 
 async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
-    let target = Arc::new(plan.target()?);
+    let mut target = plan.target()?;
     check_health(&target).await?;
+    if plan.protocol == Protocol::Sdk {
+        let options = ringkv_client::Options {
+            request_timeout: plan.timeout,
+            ..ringkv_client::Options::default()
+        };
+        let sdk = ringkv_client::Client::connect(&plan.urls, options)
+            .await
+            .context("the SDK cannot fetch the ring")?;
+        target.sdk = Some(sdk);
+    }
+    let target = Arc::new(target);
 
     let load = if plan.workload.loads() {
         let phase = Phase {
             name: "load",
             source: OpSource::EveryKey { keys: plan.keys },
             bound: Bound::Ops(plan.keys),
+            timeline: false,
         };
         let result = client::run_phase(&target, phase, plan.concurrency).await?;
         if result.error_count() > 0 {
@@ -216,6 +258,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
             name: "warmup",
             source: plan.random_ops(1),
             bound: Bound::Ops(plan.warmup_ops),
+            timeline: false,
         };
         client::run_phase(&target, phase, plan.concurrency).await?;
     }
@@ -223,8 +266,27 @@ async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
         name: "bench",
         source: plan.random_ops(2),
         bound: plan.bound,
+        timeline: true,
     };
-    let measured = Summary::of(&client::run_phase(&target, phase, plan.concurrency).await?);
+    let result = client::run_phase(&target, phase, plan.concurrency).await?;
+    let measured = Summary::of(&result);
+    let (points, bucket) = match &result.timeline {
+        Some(timeline) => (timeline.points(result.elapsed), timeline.width()),
+        None => (Vec::new(), Duration::ZERO),
+    };
+    if let Some(path) = &plan.plot {
+        let title = format!(
+            "ringkv bench {} over {:?}, {} clients, {} node(s): {:.0} ops/s, p99 {:.2} ms",
+            plan.workload.name(),
+            plan.protocol,
+            plan.concurrency,
+            plan.urls.len(),
+            measured.ops_per_sec,
+            measured.p99_ms
+        );
+        std::fs::write(path, timeline::svg(&title, &points, bucket))
+            .with_context(|| format!("cannot write the plot to {}", path.display()))?;
+    }
 
     if plan.json {
         let report = Report {
@@ -242,6 +304,8 @@ async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
             seed: plan.seed,
             measured: measured.clone(),
             load: load.clone(),
+            timeline_bucket_ms: bucket.as_millis(),
+            timeline: points,
         };
         println!(
             "{}",

@@ -3,8 +3,8 @@
 //! `i % nodes`. Each client records into its own histogram; the phase merges them at
 //! the end, so the hot path shares nothing but two atomic counters.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,9 +16,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::keys::{KeyChoice, Op, OpStream, key_name};
+use super::keys::{KeyChoice, KeyCount, Op, OpStream, key_name};
 use super::progress;
 use super::report::{ErrorKind, PhaseResult};
+use super::timeline::Timeline;
 use super::{Bound, Protocol, Workload};
 
 /// After a connection error a client pauses this long, so a dead node costs a
@@ -41,29 +42,39 @@ pub struct Target {
     pub write_body: Vec<u8>,
     /// The request timeout, which also bounds the latency histograms.
     pub timeout: Duration,
+    /// With `--protocol sdk`: the client every bench client shares (set once the
+    /// ring is fetched).
+    pub sdk: Option<ringkv_client::Client>,
+    /// `read_query`'s and `write_query`'s quorums, for the SDK.
+    pub r: Option<u8>,
+    pub w: Option<u8>,
+    /// With `--protocol etcd`: the value, base64 as etcd's JSON gateway wants it.
+    pub etcd_value: String,
 }
 
 /// Where a phase's ops come from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum OpSource {
     /// Write `bench-0 .. bench-{keys-1}` once each, in ticket order (the read load).
     EveryKey { keys: u64 },
-    /// Uniformly random keys, seeded per `(seed, phase, client)`.
+    /// Random keys and ops, seeded per `(seed, phase, client)`.
     Random {
         seed: u64,
         phase: u32,
-        keys: u64,
+        count: KeyCount,
         workload: Workload,
         choice: KeyChoice,
     },
 }
 
 /// One phase of a run: its name on the progress line, its ops and when it stops.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Phase {
     pub name: &'static str,
     pub source: OpSource,
     pub bound: Bound,
+    /// Whether to keep throughput and latency over time (the measured phase).
+    pub timeline: bool,
 }
 
 /// When the clients of a running phase stop.
@@ -238,6 +249,8 @@ impl Target {
     ) -> Result<Success, Failure> {
         match self.protocol {
             Protocol::Http => self.send_http(base, op).await,
+            Protocol::Sdk => self.send_sdk(op).await,
+            Protocol::Etcd => self.send_etcd(base, op).await,
             Protocol::Resp => {
                 match tokio::time::timeout(self.timeout, self.send_resp(base, op, conn)).await {
                     Ok(Ok(success)) => Ok(success),
@@ -342,6 +355,104 @@ impl Target {
     }
 }
 
+/// What an SDK error counts as.
+fn sdk_failure(error: &ringkv_client::Error) -> Failure {
+    let kind = match error {
+        ringkv_client::Error::Server { status, .. } => ErrorKind::Status(*status),
+        ringkv_client::Error::Unreachable(message) if message.contains("timed out") => {
+            ErrorKind::Timeout
+        }
+        _ => ErrorKind::Connection,
+    };
+    Failure {
+        kind,
+        detail: error.to_string().chars().take(MAX_DETAIL_CHARS).collect(),
+    }
+}
+
+impl Target {
+    /// An op through the SDK, which picks the node (a replica of the key).
+    async fn send_sdk(&self, op: Op) -> Result<Success, Failure> {
+        let Some(sdk) = &self.sdk else {
+            return Err(Failure {
+                kind: ErrorKind::Connection,
+                detail: "the SDK is not connected".into(),
+            });
+        };
+        let key = key_name(op.key_index());
+        let read = ringkv_client::ReadOptions { r: self.r };
+        let mut write = ringkv_client::WriteOptions {
+            w: self.w,
+            ..ringkv_client::WriteOptions::default()
+        };
+        match op {
+            Op::Read(_) => match sdk.get(key.as_bytes(), &read).await {
+                Ok(Some(_)) => Ok(Success::Hit),
+                Ok(None) => Ok(Success::Miss),
+                Err(error) => Err(sdk_failure(&error)),
+            },
+            Op::Write(_) | Op::Update(_) => {
+                if let Op::Update(_) = op {
+                    let found = sdk.get(key.as_bytes(), &read).await;
+                    write.version = found
+                        .map_err(|error| sdk_failure(&error))?
+                        .map(|read| read.version().clone());
+                }
+                sdk.put(key.as_bytes(), self.resp_value.clone(), &write)
+                    .await
+                    .map(|_| Success::Hit)
+                    .map_err(|error| sdk_failure(&error))
+            }
+        }
+    }
+
+    /// An op against etcd's v3 JSON gateway. YCSB F's update is a range then a put
+    /// (blind, as over RESP).
+    async fn send_etcd(&self, base: &str, op: Op) -> Result<Success, Failure> {
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::STANDARD.encode(key_name(op.key_index()));
+        if let Op::Read(_) | Op::Update(_) = op {
+            let body = format!(r#"{{"key":"{key}"}}"#);
+            let found = self.etcd_call(base, "range", body).await?;
+            // A range that found nothing has no `kvs`.
+            let hit = serde_json::from_slice::<serde_json::Value>(&found)
+                .ok()
+                .is_some_and(|json| json["kvs"].as_array().is_some_and(|kvs| !kvs.is_empty()));
+            if let Op::Read(_) = op {
+                return Ok(if hit { Success::Hit } else { Success::Miss });
+            }
+        }
+        let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, self.etcd_value);
+        self.etcd_call(base, "put", body).await?;
+        Ok(Success::Hit)
+    }
+
+    /// `POST {base}/v3/kv/{method}`: the answer's body if it is 200.
+    async fn etcd_call(&self, base: &str, method: &str, body: String) -> Result<Bytes, Failure> {
+        let response = self
+            .client
+            .post(format!("{base}/v3/kv/{method}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| failure(&error))?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|error| failure(&error))?;
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(Failure {
+                kind: ErrorKind::Status(status),
+                detail: String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(MAX_DETAIL_CHARS)
+                    .collect(),
+            })
+        }
+    }
+}
+
 impl Target {
     /// The version token of `key` as a read answers it (`X-Ringkv-Version`, with
     /// raw bytes accepted), `None` for a key never written.
@@ -398,6 +509,11 @@ pub async fn run_phase(
         Bound::Ops(ops) => Limit::Ops(ops),
         Bound::Duration(duration) => Limit::Deadline(started + duration),
     };
+    let timeline = if phase.timeline {
+        Some(Arc::new(Mutex::new(Timeline::new(target.timeout)?)))
+    } else {
+        None
+    };
     let (stop_progress, stopped) = oneshot::channel();
     let progress = tokio::spawn(progress::report(
         phase.name,
@@ -415,8 +531,9 @@ pub async fn run_phase(
             Arc::clone(&shared),
             base_index,
             client,
-            phase.source,
+            phase.source.clone(),
             limit,
+            timeline.clone().map(|timeline| (timeline, started)),
         ));
     }
     let mut total = PhaseResult::new(target.timeout)?;
@@ -425,6 +542,15 @@ pub async fn run_phase(
         total.merge(&result)?;
     }
     total.elapsed = started.elapsed();
+    if let Some(timeline) = timeline {
+        let timeline = Arc::try_unwrap(timeline)
+            .map_err(|_| anyhow::anyhow!("a bench client still holds the timeline"))?;
+        total.timeline = Some(
+            timeline
+                .into_inner()
+                .map_err(|_| anyhow::anyhow!("a bench client panicked"))?,
+        );
+    }
 
     // The receiver only ends when told: a failed send means it already ended.
     let _ = stop_progress.send(());
@@ -447,12 +573,19 @@ impl ClientOps {
             OpSource::Random {
                 seed,
                 phase,
-                keys,
+                count,
                 workload,
                 choice,
             } => ClientOps::Random(OpStream::with_choice(
-                seed, phase, client, keys, workload, choice,
+                seed, phase, client, count, workload, choice,
             )),
+        }
+    }
+
+    /// Called when `op` was answered (or failed): YCSB D's inserts become readable.
+    fn answered(&self, op: Op) {
+        if let (ClientOps::Random(stream), Op::Write(index)) = (self, op) {
+            stream.answered(index);
         }
     }
 
@@ -472,6 +605,7 @@ async fn run_client(
     client: u32,
     source: OpSource,
     limit: Limit,
+    timeline: Option<(Arc<Mutex<Timeline>>, Instant)>,
 ) -> anyhow::Result<PhaseResult> {
     let base = &target.urls[base_index];
     let mut result = PhaseResult::new(target.timeout)?;
@@ -498,7 +632,14 @@ async fn run_client(
             }
         };
         let latency = started.elapsed();
+        ops.answered(op);
         shared.done.fetch_add(1, Ordering::Relaxed);
+        if let Some((timeline, phase_start)) = &timeline
+            && let Ok(mut timeline) = timeline.lock()
+        {
+            let at = phase_start.elapsed();
+            timeline.record(at, outcome.is_ok().then_some(latency));
+        }
         match outcome {
             Ok(Success::Hit) => result.record_success(latency),
             Ok(Success::Miss) => {

@@ -2,6 +2,9 @@
 //! stream per client, so a run's key sequence depends only on `--seed`, the client's
 //! index and the phase, never on timing.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use super::{Distribution, Workload};
 
 /// One operation on key `bench-{index}`.
@@ -132,6 +135,8 @@ impl Zipf {
 pub enum KeyChoice {
     Uniform,
     Zipfian(Zipf),
+    /// YCSB's `latest`: a zipfian rank counted back from the newest key written.
+    Latest(Zipf),
 }
 
 impl KeyChoice {
@@ -139,7 +144,68 @@ impl KeyChoice {
         match distribution {
             Distribution::Uniform => KeyChoice::Uniform,
             Distribution::Zipfian => KeyChoice::Zipfian(Zipf::new(keys, ZIPF_THETA)),
+            Distribution::Latest => KeyChoice::Latest(Zipf::new(keys, ZIPF_THETA)),
         }
+    }
+}
+
+/// Which keys exist: `bench-0 .. bench-{count-1}`. Starts at `--keys`; YCSB D's
+/// inserts take the next number, shared by every client and phase of a run. As in
+/// YCSB, reads see a key only once every insert up to it was answered, so a read
+/// never races the insert of the key it reads.
+#[derive(Clone, Debug)]
+pub struct KeyCount(Arc<Mutex<Inserts>>);
+
+#[derive(Debug)]
+struct Inserts {
+    /// The number the next insert takes.
+    next: u64,
+    /// Inserts handed out and not answered yet.
+    pending: BTreeSet<u64>,
+}
+
+/// Equal when they count the same keys now (`Plan`'s tests compare plans).
+impl PartialEq for KeyCount {
+    fn eq(&self, other: &KeyCount) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl KeyCount {
+    pub fn new(keys: u64) -> KeyCount {
+        KeyCount(Arc::new(Mutex::new(Inserts {
+            next: keys,
+            pending: BTreeSet::new(),
+        })))
+    }
+
+    /// Keys below this one exist (or their insert failed): reads choose among them.
+    pub fn get(&self) -> u64 {
+        match self.0.lock() {
+            Ok(inserts) => inserts.pending.first().copied().unwrap_or(inserts.next),
+            Err(poisoned) => poisoned.into_inner().next,
+        }
+    }
+
+    /// The index of a new key, pending until `answered`.
+    fn insert(&self) -> u64 {
+        let mut inserts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = inserts.next;
+        inserts.next += 1;
+        inserts.pending.insert(index);
+        index
+    }
+
+    /// The insert of `index` was answered (written or failed).
+    pub fn answered(&self, index: u64) {
+        let mut inserts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        inserts.pending.remove(&index);
     }
 }
 
@@ -147,7 +213,8 @@ impl KeyChoice {
 #[derive(Clone, Debug)]
 pub struct OpStream {
     rng: SplitMix64,
-    keys: u64,
+    /// Keys written so far (grows with YCSB D's inserts).
+    count: KeyCount,
     workload: Workload,
     choice: KeyChoice,
 }
@@ -157,35 +224,54 @@ impl OpStream {
     /// mixed through SplitMix64 before seeding.
     #[cfg(test)]
     pub fn new(seed: u64, phase: u32, client: u32, keys: u64, workload: Workload) -> OpStream {
-        OpStream::with_choice(seed, phase, client, keys, workload, KeyChoice::Uniform)
+        let choice = KeyChoice::Uniform;
+        OpStream::with_choice(seed, phase, client, KeyCount::new(keys), workload, choice)
     }
 
     pub fn with_choice(
         seed: u64,
         phase: u32,
         client: u32,
-        keys: u64,
+        count: KeyCount,
         workload: Workload,
         choice: KeyChoice,
     ) -> OpStream {
-        assert!(keys > 0);
+        assert!(count.get() > 0);
         let mut mixer = SplitMix64::new(seed);
         let stream_id = (u64::from(phase) << 32) | u64::from(client);
         let client_seed = mixer.next_u64() ^ SplitMix64::new(stream_id).next_u64();
         OpStream {
             rng: SplitMix64::new(client_seed),
-            keys,
+            count,
             workload,
             choice,
         }
     }
 
+    /// `op` was answered: if it was one of YCSB D's inserts, reads may pick its key.
+    pub fn answered(&self, index: u64) {
+        if self.workload == Workload::YcsbD {
+            self.count.answered(index);
+        }
+    }
+
     pub fn next_op(&mut self) -> Op {
+        if self.workload == Workload::YcsbD
+            && self.rng.below(1000) >= self.workload.reads_per_mille()
+        {
+            return Op::Write(self.count.insert());
+        }
         let key = match &self.choice {
-            KeyChoice::Uniform => self.rng.below(self.keys),
+            KeyChoice::Uniform => self.rng.below(self.count.get()),
             KeyChoice::Zipfian(zipf) => zipf.key(&mut self.rng),
+            KeyChoice::Latest(zipf) => {
+                let newest = self.count.get().saturating_sub(1);
+                newest.saturating_sub(zipf.rank(&mut self.rng))
+            }
         };
         match self.workload {
+            // Inserts were drawn above; YCSB E never gets here (`Plan` refuses it).
+            Workload::YcsbD | Workload::YcsbE => Op::Read(key),
             Workload::Write => Op::Write(key),
             Workload::Read => Op::Read(key),
             Workload::Mixed => {
@@ -293,7 +379,8 @@ mod tests {
     fn zipfian_keys_are_skewed_in_range_and_scrambled() {
         let keys = 10_000;
         let choice = KeyChoice::new(Distribution::Zipfian, keys);
-        let mut stream = OpStream::with_choice(1, 2, 3, keys, Workload::YcsbC, choice);
+        let count = KeyCount::new(keys);
+        let mut stream = OpStream::with_choice(1, 2, 3, count, Workload::YcsbC, choice);
         let mut counts = vec![0u32; keys as usize];
         let draws = 200_000;
         for _ in 0..draws {
@@ -339,5 +426,60 @@ mod tests {
             let share = count as f64 / 20_000.0;
             assert!((share - reads).abs() < 0.02, "{workload:?}: {share}");
         }
+    }
+
+    /// YCSB D: 5 % inserts of new keys (numbered after every key so far, shared by
+    /// all clients), 95 % reads skewed to the newest keys.
+    #[test]
+    fn ycsb_d_inserts_new_keys_and_reads_the_latest() {
+        let keys = 10_000;
+        let count = KeyCount::new(keys);
+        let choice = KeyChoice::new(Distribution::Latest, keys);
+        let mut a = OpStream::with_choice(1, 2, 0, count.clone(), Workload::YcsbD, choice);
+        let mut b = OpStream::with_choice(1, 2, 1, count.clone(), Workload::YcsbD, choice);
+        let mut inserted = Vec::new();
+        let mut recent_reads = 0;
+        let draws = 40_000;
+        for index in 0..draws {
+            let stream = if index % 2 == 0 { &mut a } else { &mut b };
+            let newest_before = count.get();
+            match stream.next_op() {
+                Op::Write(key) => {
+                    inserted.push(key);
+                    count.answered(key);
+                }
+                Op::Read(key) => {
+                    assert!(key < newest_before, "read {key} of {newest_before}");
+                    recent_reads += u32::from(key + 100 >= newest_before);
+                }
+                Op::Update(_) => panic!("YCSB D has no read-modify-writes"),
+            }
+        }
+        let share = inserted.len() as f64 / f64::from(draws);
+        assert!((share - 0.05).abs() < 0.01, "{share} inserts");
+        // Inserts are the next numbers, once each, across both clients.
+        let expected: Vec<u64> = (keys..keys + inserted.len() as u64).collect();
+        assert_eq!(inserted, expected);
+        assert_eq!(count.get(), keys + inserted.len() as u64);
+        // θ = 0.99 over 10,000 keys: the newest 100 take about half the reads.
+        let reads = f64::from(draws) - inserted.len() as f64;
+        assert!(
+            f64::from(recent_reads) / reads > 0.4,
+            "{recent_reads} of {reads}"
+        );
+    }
+
+    /// A key whose insert is not answered yet is never read, nor any key after it.
+    #[test]
+    fn reads_wait_for_the_inserts_before_them() {
+        let count = KeyCount::new(10);
+        let first = count.insert();
+        let second = count.insert();
+        assert_eq!((first, second), (10, 11));
+        assert_eq!(count.get(), 10);
+        count.answered(second);
+        assert_eq!(count.get(), 10, "11 is answered but 10 is not");
+        count.answered(first);
+        assert_eq!(count.get(), 12);
     }
 }

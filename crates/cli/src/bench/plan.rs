@@ -1,6 +1,7 @@
 //! `ringkv bench`'s arguments and their validation into a `Plan`: after `from_args`
 //! every number is within its named limit and every URL is a plain `http://` base.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -8,7 +9,7 @@ use clap::Args;
 
 use super::client::{OpSource, Target};
 use super::keys::SplitMix64;
-use super::keys::{KeyChoice, MAX_ZIPF_KEYS};
+use super::keys::{KeyChoice, KeyCount, MAX_ZIPF_KEYS};
 use super::{Distribution, Protocol, Workload};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -30,7 +31,9 @@ pub struct BenchArgs {
     /// [default there: 127.0.0.1:6380].
     #[arg(long, env = "RINGKV_URL", default_value = DEFAULT_URL, value_delimiter = ',')]
     url: Vec<String>,
-    /// HTTP (`PUT`/`GET /v1/kv`) or RESP (`SET`/`GET`, one connection per client).
+    /// HTTP (`PUT`/`GET /v1/kv`), RESP (`SET`/`GET`, one connection per client), the
+    /// Rust SDK (`--url`: where it fetches the ring), or etcd's JSON gateway (`--url`:
+    /// etcd client URLs).
     #[arg(long, value_enum, default_value_t = Protocol::Http)]
     protocol: Protocol,
     /// Operations to measure [default: 100000 unless --duration is given].
@@ -50,9 +53,10 @@ pub struct BenchArgs {
     keys: u64,
     #[arg(long, value_enum, default_value_t = Workload::Write)]
     workload: Workload,
-    /// How the measured ops pick keys (the load phase writes every key once).
-    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
-    distribution: Distribution,
+    /// How the measured ops pick keys (the load phase writes every key once)
+    /// [default: latest with ycsb-d, else uniform].
+    #[arg(long, value_enum)]
+    distribution: Option<Distribution>,
     /// Read quorum sent with every read (?r=R).
     #[arg(long)]
     r: Option<u8>,
@@ -74,6 +78,10 @@ pub struct BenchArgs {
     /// Runtime threads driving the clients; 1 uses the least CPU per request.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Write an SVG plot of the measured phase's throughput and p50/p99 latency over
+    /// time to this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// How long the measured phase runs.
@@ -104,6 +112,9 @@ pub struct Plan {
     pub seed: u64,
     pub timeout: Duration,
     pub threads: usize,
+    pub plot: Option<PathBuf>,
+    /// Keys that exist: `keys`, then more as YCSB D inserts.
+    pub count: KeyCount,
 }
 
 fn parse_base_url(raw: &str) -> anyhow::Result<String> {
@@ -149,8 +160,14 @@ fn check_quorum(name: &str, value: Option<u8>) -> anyhow::Result<Option<u8>> {
 
 impl Plan {
     pub fn from_args(args: BenchArgs) -> anyhow::Result<Plan> {
+        if args.workload == Workload::YcsbE {
+            bail!(
+                "--workload ycsb-e scans key ranges; ringkv places keys by hash and has no \
+                 range scans (DESIGN.md), so there is nothing to measure"
+            );
+        }
         let urls = match args.protocol {
-            Protocol::Http => args
+            Protocol::Http | Protocol::Sdk | Protocol::Etcd => args
                 .url
                 .iter()
                 .filter(|url| !url.trim().is_empty())
@@ -170,6 +187,13 @@ impl Plan {
                  read_quorum/write_quorum"
             );
         }
+        if args.protocol == Protocol::Etcd && (args.r.is_some() || args.w.is_some()) {
+            bail!("--r/--w are ringkv quorums; etcd has none to choose");
+        }
+        let distribution = args.distribution.unwrap_or(match args.workload {
+            Workload::YcsbD => Distribution::Latest,
+            _ => Distribution::Uniform,
+        });
         if urls.is_empty() {
             bail!("--url names no node");
         }
@@ -206,9 +230,14 @@ impl Plan {
         if args.keys == 0 {
             bail!("--keys must be at least 1");
         }
-        if args.distribution == Distribution::Zipfian && args.keys > MAX_ZIPF_KEYS {
+        if distribution != Distribution::Uniform && args.keys > MAX_ZIPF_KEYS {
             bail!(
-                "--keys must be at most {MAX_ZIPF_KEYS} with --distribution zipfian, got {}",
+                "--keys must be at most {MAX_ZIPF_KEYS} with --distribution {}, got {}",
+                if distribution == Distribution::Latest {
+                    "latest"
+                } else {
+                    "zipfian"
+                },
                 args.keys
             );
         }
@@ -229,8 +258,8 @@ impl Plan {
             value_size: args.value_size,
             keys: args.keys,
             workload: args.workload,
-            distribution: args.distribution,
-            key_choice: KeyChoice::new(args.distribution, args.keys),
+            distribution,
+            key_choice: KeyChoice::new(distribution, args.keys),
             r: check_quorum("r", args.r)?,
             w: check_quorum("w", args.w)?,
             json: args.json,
@@ -238,6 +267,8 @@ impl Plan {
             seed: args.seed,
             timeout: Duration::from_millis(args.timeout_ms),
             threads: args.threads,
+            plot: args.plot,
+            count: KeyCount::new(args.keys),
         })
     }
 
@@ -279,6 +310,13 @@ impl Plan {
             write_query: self.w.map(|w| format!("?w={w}")).unwrap_or_default(),
             write_body: self.write_body()?,
             timeout: self.timeout,
+            sdk: None,
+            r: self.r,
+            w: self.w,
+            etcd_value: {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(self.value()?)
+            },
         })
     }
 
@@ -286,7 +324,7 @@ impl Plan {
         OpSource::Random {
             seed: self.seed,
             phase,
-            keys: self.keys,
+            count: self.count.clone(),
             workload: self.workload,
             choice: self.key_choice,
         }

@@ -48,6 +48,8 @@ pub struct PhaseResult {
     /// The first error's detail (answer body or cause) of each kind.
     pub error_examples: BTreeMap<ErrorKind, String>,
     pub elapsed: Duration,
+    /// Over time (the measured phase only): set by the phase, not merged.
+    pub timeline: Option<super::timeline::Timeline>,
 }
 
 impl PhaseResult {
@@ -65,6 +67,7 @@ impl PhaseResult {
             errors: BTreeMap::new(),
             error_examples: BTreeMap::new(),
             elapsed: Duration::ZERO,
+            timeline: None,
         })
     }
 
