@@ -161,6 +161,8 @@ keys! {
     conflict_policy: ConflictPolicy = ConflictPolicy::Siblings, Choice(CONFLICT_POLICIES), "POLICY";
     /// When a write is durable: fsync | buffered [default: fsync].
     durability: Durability = Durability::Fsync, Choice(DURABILITIES), "MODE";
+    /// Under load, the shortest time between two journal syncs, 0..=100000 µs; 0: sync as soon as asked [default: 2000].
+    group_commit_interval_us: u64 = 2000, Num::int(0, 100_000), "US";
     /// Gossip round period [default: 1000].
     gossip_interval_ms: u64 = 1000, MS, "MS";
     /// Silence before a peer is suspicious [default: 5000].

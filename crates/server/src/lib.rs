@@ -694,6 +694,7 @@ async fn open_engine(config: &Config) -> Result<Arc<FjallEngine>, StartError> {
     let data_dir = config.data_dir.clone();
     let options = FjallOptions {
         durability: config.durability,
+        sync_interval: std::time::Duration::from_micros(config.group_commit_interval_us),
         ..FjallOptions::default()
     };
     let engine = tokio::task::spawn_blocking(move || {

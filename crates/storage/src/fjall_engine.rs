@@ -37,6 +37,8 @@ pub struct FjallOptions {
     pub cache_bytes: u64,
     /// How the journal is fdatasync'ed under `Durability::Fsync`.
     pub journal_sync: JournalSync,
+    /// Under load, the shortest time between two syncs (group commit pacing).
+    pub sync_interval: std::time::Duration,
 }
 
 impl Default for FjallOptions {
@@ -45,6 +47,7 @@ impl Default for FjallOptions {
             durability: Durability::Fsync,
             cache_bytes: 64 * 1024 * 1024,
             journal_sync: JournalSync::default(),
+            sync_interval: std::time::Duration::ZERO,
         }
     }
 }
@@ -117,7 +120,7 @@ impl FjallEngine {
             .keyspace(HINTS_KEYSPACE, keyspace_options)
             .map_err(open_error)?;
         let hint_stats = count_hints(&hints)?;
-        let group_commit = GroupCommit::start(persist(&db, path, options))?;
+        let group_commit = GroupCommit::start(persist(&db, path, options), options.sync_interval)?;
         tracing::info!(path = %path.display(), durability = ?options.durability, "storage opened");
         Ok(FjallEngine {
             path: path.to_path_buf(),

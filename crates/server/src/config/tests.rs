@@ -259,6 +259,7 @@ fn to_toml_round_trips() {
     let flags = "--node-id=18446744073709551615 --http-addr=[::1]:1 --resp-addr=0.0.0.0:2 \
         --peer-addr=10.1.2.3:3 --seeds=a:1,[::1]:2 --replication-factor=5 --read-quorum=4 \
         --write-quorum=1 --quorum-preset=strong --vnodes=16 --conflict-policy=lww --durability=buffered \
+        --group-commit-interval-us=0 \
         --gossip-interval-ms=10 --suspicion-threshold-ms=20 --down-threshold-ms=30 \
         --permanent-failure-threshold-ms=40 --hint-ttl-ms=50 --max-hints-bytes=6KB \
         --streaming-bytes-per-sec=7MiB --anti-entropy-interval-ms=80 --request-timeout-ms=90 \
