@@ -1,7 +1,8 @@
 //! `ringkv bench`: a load generator for ringkv nodes (DESIGN.md §7), over HTTP or
 //! the Redis protocol (`--protocol resp`, which can also load a Redis server).
 //!
-//! `concurrency` clients (tokio tasks sharing one keep-alive pool) write or read keys
+//! `concurrency` clients (tokio tasks, each with its own keep-alive connection:
+//! `http1`, a lean HTTP/1.1 client, or RESP; or sharing the SDK) write or read keys
 //! `bench-{i}`, `i` uniform over `0..keys` from a seeded PRNG, until `--ops` ops were
 //! made or `--duration` passed. Each successful op's latency goes into an HDR histogram
 //! (µs, 3 significant figures); errors are counted by kind and are not latency samples.
@@ -15,12 +16,15 @@
 //! own), then `--warmup-ops` unmeasured ops, then the measured ops.
 //!
 //! * `keys`: the PRNG and which key/op comes next.
-//! * `client`: the clients, the shared HTTP client, one phase's run.
+//! * `client`: the clients, their connections, one phase's run.
+//! * `http1`: the HTTP/1.1 keep-alive client of the load (ringkv and etcd).
+//! * `timeline`: throughput and latency over time, and its SVG plot.
 //! * `report`: merged results, percentiles, the human and JSON output.
 //! * `plan`: the arguments and their limits.
 //! * `progress`: the progress line.
 
 mod client;
+mod http1;
 mod keys;
 mod plan;
 mod progress;

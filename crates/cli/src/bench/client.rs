@@ -1,6 +1,6 @@
-//! The load: `concurrency` tokio tasks sharing one reqwest client (its keep-alive pool
-//! holds up to `concurrency` idle connections per node), client i talking to node
-//! `i % nodes`. Each client records into its own histogram; the phase merges them at
+//! The load: `concurrency` tokio tasks, client i talking to node `i % nodes` over its
+//! own keep-alive connection (HTTP/1.1 by `http1`, or RESP), or through the shared
+//! SDK client. Each client records into its own histogram; the phase merges them at
 //! the end, so the hot path shares nothing but two atomic counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::http1::{Answer, Endpoint, HttpConn};
 use super::keys::{KeyChoice, KeyCount, Op, OpStream, key_name};
 use super::progress;
 use super::report::{ErrorKind, PhaseResult};
@@ -28,7 +28,10 @@ const CONNECTION_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Everything the clients of a run share; built once from the plan.
 pub struct Target {
+    /// For `/health` only: the load goes through `http1`.
     pub client: reqwest::Client,
+    /// With HTTP and etcd: where each of `urls` is (resolved once).
+    pub endpoints: Vec<Endpoint>,
     pub protocol: Protocol,
     /// The value of every RESP `SET` (`value_size` characters).
     pub resp_value: Bytes,
@@ -121,24 +124,27 @@ pub struct Failure {
 /// Longest example kept per error kind, in characters.
 const MAX_DETAIL_CHARS: usize = 300;
 
-fn failure(error: &reqwest::Error) -> Failure {
-    let kind = if error.is_timeout() {
+/// A failed exchange on an HTTP connection: a timeout or a connection error.
+fn io_failure(base: &str, error: &std::io::Error) -> Failure {
+    let kind = if error.kind() == std::io::ErrorKind::TimedOut {
         ErrorKind::Timeout
     } else {
         ErrorKind::Connection
     };
-    // reqwest's own message names only the URL; the cause is in the source chain.
-    let mut detail = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
     Failure {
         kind,
-        detail: detail.chars().take(MAX_DETAIL_CHARS).collect(),
+        detail: format!("{base}: {error}")
+            .chars()
+            .take(MAX_DETAIL_CHARS)
+            .collect(),
     }
+}
+
+/// A bench client's connections, opened on first use and dropped on any error.
+#[derive(Default)]
+pub struct Conns {
+    resp: Option<RespConn>,
+    http: Option<HttpConn>,
 }
 
 /// One client's RESP connection (opened on first use, dropped on any error).
@@ -239,18 +245,15 @@ pub async fn resp_ping(addr: &str, timeout: Duration) -> anyhow::Result<()> {
 }
 
 impl Target {
-    /// Runs `op` against node `base` (a URL, or a RESP address with `conn` as the
-    /// client's connection to it).
-    async fn send(
-        &self,
-        base: &str,
-        op: Op,
-        conn: &mut Option<RespConn>,
-    ) -> Result<Success, Failure> {
+    /// Runs `op` against node `index` of `urls` (a URL, or a RESP address), over
+    /// the client's connections `conns`.
+    async fn send(&self, index: usize, op: Op, conns: &mut Conns) -> Result<Success, Failure> {
+        let base = &self.urls[index];
+        let conn = &mut conns.resp;
         match self.protocol {
-            Protocol::Http => self.send_http(base, op).await,
+            Protocol::Http => self.send_http(index, op, &mut conns.http).await,
             Protocol::Sdk => self.send_sdk(op).await,
-            Protocol::Etcd => self.send_etcd(base, op).await,
+            Protocol::Etcd => self.send_etcd(index, op, &mut conns.http).await,
             Protocol::Resp => {
                 match tokio::time::timeout(self.timeout, self.send_resp(base, op, conn)).await {
                     Ok(Ok(success)) => Ok(success),
@@ -318,40 +321,138 @@ impl Target {
         }
     }
 
-    async fn send_http(&self, base: &str, op: Op) -> Result<Success, Failure> {
+    /// One request over the client's keep-alive connection to node `index` (opened
+    /// if needed; dropped on an error, a timeout or `Connection: close`). A request
+    /// that finds a reused connection closed by the server is sent once more on a
+    /// new one.
+    async fn http_call(
+        &self,
+        index: usize,
+        conn: &mut Option<HttpConn>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer, Failure> {
+        let endpoint = &self.endpoints[index];
+        let base = &self.urls[index];
+        for attempt in 0..2 {
+            let connection = match conn {
+                Some(connection) => connection,
+                None => match tokio::time::timeout(self.timeout, HttpConn::open(endpoint)).await {
+                    Ok(Ok(connection)) => conn.insert(connection),
+                    Ok(Err(error)) => return Err(io_failure(base, &error)),
+                    Err(_elapsed) => {
+                        let error = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                        return Err(io_failure(base, &error));
+                    }
+                },
+            };
+            let reused = connection.answered > 0;
+            let sent = tokio::time::timeout(
+                self.timeout,
+                connection.request(endpoint, method, path, headers, body),
+            )
+            .await;
+            match sent {
+                Ok(Ok(answer)) => {
+                    if answer.close {
+                        *conn = None;
+                    }
+                    return Ok(answer);
+                }
+                Ok(Err(error)) => {
+                    *conn = None;
+                    let stale = reused
+                        && matches!(
+                            error.kind(),
+                            std::io::ErrorKind::UnexpectedEof
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::BrokenPipe
+                        );
+                    if !(stale && attempt == 0) {
+                        return Err(io_failure(base, &error));
+                    }
+                }
+                Err(_elapsed) => {
+                    // An answer may still come: the connection is out of step.
+                    *conn = None;
+                    return Err(Failure {
+                        kind: ErrorKind::Timeout,
+                        detail: format!("no answer from {base} in {:?}", self.timeout),
+                    });
+                }
+            }
+        }
+        Err(Failure {
+            kind: ErrorKind::Connection,
+            detail: format!("{base}: the connection closed twice"),
+        })
+    }
+
+    async fn send_http(
+        &self,
+        index: usize,
+        op: Op,
+        conn: &mut Option<HttpConn>,
+    ) -> Result<Success, Failure> {
         let key = key_name(op.key_index());
         // A read-modify-write reads the version first (a miss writes blind).
         let version = match op {
-            Op::Update(_) => self.read_version(base, &key).await?,
+            Op::Update(_) => self.read_version(index, conn, &key).await?,
             Op::Read(_) | Op::Write(_) => None,
         };
-        let request = match op {
-            Op::Read(_) => self
-                .client
-                .get(format!("{base}/v1/kv/{key}{}", self.read_query)),
+        let answer = match op {
+            Op::Read(_) => {
+                let path = format!("/v1/kv/{key}{}", self.read_query);
+                self.http_call(index, conn, "GET", &path, &[], b"").await?
+            }
             Op::Write(_) | Op::Update(_) => {
-                let request = self
-                    .client
-                    .put(format!("{base}/v1/kv/{key}{}", self.write_query))
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(self.write_body.clone());
-                match &version {
-                    Some(version) => request.header(VERSION_HEADER, version.as_str()),
-                    None => request,
+                let path = format!("/v1/kv/{key}{}", self.write_query);
+                let mut headers = vec![("Content-Type", "application/json")];
+                if let Some(version) = &version {
+                    headers.push((VERSION_HEADER, version.as_str()));
                 }
+                self.http_call(index, conn, "PUT", &path, &headers, &self.write_body)
+                    .await?
             }
         };
-        let response = request.send().await.map_err(|error| failure(&error))?;
-        let status = response.status().as_u16();
-        // Read the whole body: only then does the connection go back to the pool.
-        let body = response.bytes().await.map_err(|error| failure(&error))?;
-        classify(op, status).map_err(|kind| Failure {
+        classify(op, answer.status).map_err(|kind| Failure {
             kind,
-            detail: String::from_utf8_lossy(&body)
+            detail: String::from_utf8_lossy(&answer.body)
                 .chars()
                 .take(MAX_DETAIL_CHARS)
                 .collect(),
         })
+    }
+
+    /// The version token of `key` as a read answers it (`X-Ringkv-Version`, with
+    /// raw bytes accepted), `None` for a key never written.
+    async fn read_version(
+        &self,
+        index: usize,
+        conn: &mut Option<HttpConn>,
+        key: &str,
+    ) -> Result<Option<String>, Failure> {
+        let path = format!("/v1/kv/{key}{}", self.read_query);
+        let headers = [("Accept", "application/octet-stream")];
+        let answer = self
+            .http_call(index, conn, "GET", &path, &headers, b"")
+            .await?;
+        match answer.status {
+            // Siblings come as JSON, with the version that resolves them.
+            300 => Ok(serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|json| json["version"].as_str().map(str::to_owned))),
+            200 | 404 => Ok(answer.version),
+            status => Err(Failure {
+                kind: ErrorKind::Status(status),
+                detail: String::from_utf8_lossy(&answer.body)
+                    .chars()
+                    .take(MAX_DETAIL_CHARS)
+                    .collect(),
+            }),
+        }
     }
 }
 
@@ -408,12 +509,17 @@ impl Target {
 
     /// An op against etcd's v3 JSON gateway. YCSB F's update is a range then a put
     /// (blind, as over RESP).
-    async fn send_etcd(&self, base: &str, op: Op) -> Result<Success, Failure> {
+    async fn send_etcd(
+        &self,
+        index: usize,
+        op: Op,
+        conn: &mut Option<HttpConn>,
+    ) -> Result<Success, Failure> {
         use base64::Engine as _;
         let key = base64::engine::general_purpose::STANDARD.encode(key_name(op.key_index()));
         if let Op::Read(_) | Op::Update(_) = op {
             let body = format!(r#"{{"key":"{key}"}}"#);
-            let found = self.etcd_call(base, "range", body).await?;
+            let found = self.etcd_call(index, conn, "range", body).await?;
             // A range that found nothing has no `kvs`.
             let hit = serde_json::from_slice::<serde_json::Value>(&found)
                 .ok()
@@ -423,67 +529,33 @@ impl Target {
             }
         }
         let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, self.etcd_value);
-        self.etcd_call(base, "put", body).await?;
+        self.etcd_call(index, conn, "put", body).await?;
         Ok(Success::Hit)
     }
 
-    /// `POST {base}/v3/kv/{method}`: the answer's body if it is 200.
-    async fn etcd_call(&self, base: &str, method: &str, body: String) -> Result<Bytes, Failure> {
-        let response = self
-            .client
-            .post(format!("{base}/v3/kv/{method}"))
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|error| failure(&error))?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|error| failure(&error))?;
-        if status == 200 {
-            Ok(body)
+    /// `POST /v3/kv/{method}`: the answer's body if it is 200.
+    async fn etcd_call(
+        &self,
+        index: usize,
+        conn: &mut Option<HttpConn>,
+        method: &str,
+        body: String,
+    ) -> Result<Vec<u8>, Failure> {
+        let path = format!("/v3/kv/{method}");
+        let headers = [("Content-Type", "application/json")];
+        let answer = self
+            .http_call(index, conn, "POST", &path, &headers, body.as_bytes())
+            .await?;
+        if answer.status == 200 {
+            Ok(answer.body)
         } else {
             Err(Failure {
-                kind: ErrorKind::Status(status),
-                detail: String::from_utf8_lossy(&body)
+                kind: ErrorKind::Status(answer.status),
+                detail: String::from_utf8_lossy(&answer.body)
                     .chars()
                     .take(MAX_DETAIL_CHARS)
                     .collect(),
             })
-        }
-    }
-}
-
-impl Target {
-    /// The version token of `key` as a read answers it (`X-Ringkv-Version`, with
-    /// raw bytes accepted), `None` for a key never written.
-    async fn read_version(&self, base: &str, key: &str) -> Result<Option<String>, Failure> {
-        let response = self
-            .client
-            .get(format!("{base}/v1/kv/{key}{}", self.read_query))
-            .header(ACCEPT, "application/octet-stream")
-            .send()
-            .await
-            .map_err(|error| failure(&error))?;
-        let status = response.status().as_u16();
-        let header = response
-            .headers()
-            .get(VERSION_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let body = response.bytes().await.map_err(|error| failure(&error))?;
-        match status {
-            // Siblings come as JSON, with the version that resolves them.
-            300 => Ok(serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|json| json["version"].as_str().map(str::to_owned))),
-            200 | 404 => Ok(header),
-            _ => Err(Failure {
-                kind: ErrorKind::Status(status),
-                detail: String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(MAX_DETAIL_CHARS)
-                    .collect(),
-            }),
         }
     }
 }
@@ -607,9 +679,8 @@ async fn run_client(
     limit: Limit,
     timeline: Option<(Arc<Mutex<Timeline>>, Instant)>,
 ) -> anyhow::Result<PhaseResult> {
-    let base = &target.urls[base_index];
     let mut result = PhaseResult::new(target.timeout)?;
-    let mut conn: Option<RespConn> = None;
+    let mut conns = Conns::default();
     let mut ops = ClientOps::new(source, client);
     loop {
         let ticket = shared.tickets.fetch_add(1, Ordering::Relaxed);
@@ -623,9 +694,10 @@ async fn run_client(
         };
         let started = Instant::now();
         let outcome = match limit {
-            Limit::Ops(_) => target.send(base, op, &mut conn).await,
+            Limit::Ops(_) => target.send(base_index, op, &mut conns).await,
             Limit::Deadline(deadline) => {
-                match tokio::time::timeout_at(deadline, target.send(base, op, &mut conn)).await {
+                let sent = target.send(base_index, op, &mut conns);
+                match tokio::time::timeout_at(deadline, sent).await {
                     Ok(outcome) => outcome,
                     Err(_elapsed) => break,
                 }

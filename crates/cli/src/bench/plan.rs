@@ -301,8 +301,17 @@ impl Plan {
             .no_proxy()
             .build()
             .context("cannot build the HTTP client")?;
+        let endpoints = match self.protocol {
+            Protocol::Http | Protocol::Etcd => self
+                .urls
+                .iter()
+                .map(|url| super::http1::Endpoint::of(url))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            Protocol::Resp | Protocol::Sdk => Vec::new(),
+        };
         Ok(Target {
             client,
+            endpoints,
             protocol: self.protocol,
             resp_value: bytes::Bytes::from(self.value()?),
             urls: self.urls.clone(),
