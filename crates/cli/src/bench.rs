@@ -170,6 +170,7 @@ struct Report<'a> {
     w: Option<u8>,
     warmup_ops: u64,
     seed: u64,
+    blind_writes: bool,
     #[serde(flatten)]
     measured: Summary,
     load: Option<Summary>,
@@ -306,6 +307,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<ExitCode> {
             w: plan.w,
             warmup_ops: plan.warmup_ops,
             seed: plan.seed,
+            blind_writes: plan.blind_writes,
             measured: measured.clone(),
             load: load.clone(),
             timeline_bucket_ms: bucket.as_millis(),

@@ -106,6 +106,7 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
             w: args.w,
             ttl: args.ttl.map(std::time::Duration::from_secs),
             version: args.version_token.map(ringkv_client::Version::from_token),
+            overwrite: false,
         };
         match client
             .put(args.key.as_bytes(), args.value.into_bytes(), &options)
@@ -181,6 +182,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             w: args.w,
             ttl: None,
             version: args.version_token.map(ringkv_client::Version::from_token),
+            overwrite: false,
         };
         match client.delete(args.key.as_bytes(), &options).await {
             Ok(version) => {

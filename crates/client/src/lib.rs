@@ -131,6 +131,9 @@ pub struct WriteOptions {
     pub ttl: Option<Duration>,
     /// The version read: the write supersedes it (and its siblings).
     pub version: Option<Version>,
+    /// `put` only, without a version: supersede whatever the node coordinating the
+    /// write holds (`?overwrite=true`, as RESP's `SET`) instead of adding a sibling.
+    pub overwrite: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +406,9 @@ impl Client {
         if let Some(ttl) = options.ttl {
             let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
             query.push(format!("ttl={secs}"));
+        }
+        if options.overwrite {
+            query.push("overwrite=true".to_owned());
         }
         let query = if query.is_empty() {
             String::new()

@@ -527,9 +527,10 @@ async fn put_kv(
     OriginalUri(uri): OriginalUri,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(uri.query(), &["r", "w", "consistency", "ttl"])?;
+    let query = Query::parse(uri.query(), &["r", "w", "consistency", "ttl", "overwrite"])?;
     let key = request::key_from_path(uri.path(), &app.limits)?;
     let required = app.required(&query, &key, "w", true)?;
+    let overwrite = query.flag("overwrite")?;
     let (parts, body) = request.into_parts();
     let max_value = app.limits.max_value_bytes;
     let (value, ttl, seen) = if request::is_octet_stream(&parts.headers) {
@@ -587,9 +588,21 @@ async fn put_kv(
         };
         (value, ttl, seen)
     };
+    // `?overwrite=true`: supersede whatever the coordinating replica holds, as
+    // RESP's SET does (one round trip, no version needed; writes through other
+    // nodes at the same time still become siblings).
+    let body = match (overwrite, &seen) {
+        (true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "give a version or `overwrite=true`, not both",
+            ));
+        }
+        (true, None) => WriteBody::Overwrite(value),
+        (false, _) => WriteBody::Value(value),
+    };
     let write = Write {
         key,
-        body: WriteBody::Value(value),
+        body,
         seen: seen.unwrap_or_default(),
         ttl,
     };

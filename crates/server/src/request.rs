@@ -94,6 +94,17 @@ impl Query {
         }
     }
 
+    /// A boolean parameter: `true` or `false`, absent is `false`.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(raw) => Err(ApiError::invalid(format!(
+                "`{name}` must be true or false, got \"{raw}\""
+            ))),
+        }
+    }
+
     /// `?ttl=` in seconds, if given.
     pub fn ttl(&self) -> Result<Option<Duration>, ApiError> {
         self.get("ttl")

@@ -171,6 +171,62 @@ async fn concurrent_blind_writes_give_siblings_and_the_version_resolves_them() {
     node.stop().await;
 }
 
+/// `?overwrite=true` supersedes what the node holds without a version (RESP's SET
+/// over HTTP): blind overwrites leave one value, siblings included; with a version,
+/// or a value other than true/false, it is 400 and nothing changes.
+#[tokio::test]
+async fn overwrite_supersedes_without_a_version() {
+    let node = start().await;
+    let put = |query: &'static str, body: Value| {
+        let request = node
+            .client
+            .put(node.url(&format!("/v1/kv/k{query}")))
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(node.put_json("k", json!({"value": "a"})).await.0, 200);
+    assert_eq!(node.put_json("k", json!({"value": "b"})).await.0, 200);
+    assert_eq!(
+        node.get_json("k").await.0,
+        300,
+        "two blind writes: siblings"
+    );
+    for value in ["c", "d", "e"] {
+        assert_eq!(put("?overwrite=true", json!({"value": value})).await.0, 200);
+    }
+    let (status, got) = node.get_json("k").await;
+    assert_eq!((status, &got["value"]), (StatusCode::OK, &json!("e")));
+    let version = got["version"].as_str().unwrap().to_string();
+    let (status, body) = put("?overwrite=true", json!({"value": "f", "version": version})).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (status, body) = put("?overwrite=yes", json!({"value": "f"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("overwrite"),
+        "{body}"
+    );
+    assert_eq!(put("?overwrite=false", json!({"value": "g"})).await.0, 200);
+    let (status, got) = node.get_json("k").await;
+    assert_eq!(
+        (status, &got["siblings"]),
+        (StatusCode::MULTIPLE_CHOICES, &json!(["e", "g"]))
+    );
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn write_with_read_version_supersedes_and_delete_hides() {
     let node = start().await;

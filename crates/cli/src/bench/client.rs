@@ -39,8 +39,13 @@ pub struct Target {
     pub urls: Vec<String>,
     /// `""` or `"?r=R"`, appended to every read.
     pub read_query: String,
-    /// `""` or `"?w=W"`, appended to every write.
+    /// `?overwrite=true` (unless `--blind-writes`) and `&w=W`, appended to every
+    /// write without a version.
     pub write_query: String,
+    /// `""` or `"?w=W"`, appended to every write that carries a version (YCSB F).
+    pub update_query: String,
+    /// `--blind-writes`: writes add siblings instead of superseding.
+    pub blind: bool,
     /// The JSON body of every write: `{"value": "<value-size characters>"}`.
     pub write_body: Vec<u8>,
     /// The request timeout, which also bounds the latency histograms.
@@ -408,7 +413,11 @@ impl Target {
                 self.http_call(index, conn, "GET", &path, &[], b"").await?
             }
             Op::Write(_) | Op::Update(_) => {
-                let path = format!("/v1/kv/{key}{}", self.write_query);
+                let query = match version {
+                    Some(_) => &self.update_query,
+                    None => &self.write_query,
+                };
+                let path = format!("/v1/kv/{key}{query}");
                 let mut headers = vec![("Content-Type", "application/json")];
                 if let Some(version) = &version {
                     headers.push((VERSION_HEADER, version.as_str()));
@@ -484,6 +493,7 @@ impl Target {
         let read = ringkv_client::ReadOptions { r: self.r };
         let mut write = ringkv_client::WriteOptions {
             w: self.w,
+            overwrite: !self.blind,
             ..ringkv_client::WriteOptions::default()
         };
         match op {
@@ -498,6 +508,7 @@ impl Target {
                     write.version = found
                         .map_err(|error| sdk_failure(&error))?
                         .map(|read| read.version().clone());
+                    write.overwrite = write.version.is_none() && !self.blind;
                 }
                 sdk.put(key.as_bytes(), self.resp_value.clone(), &write)
                     .await

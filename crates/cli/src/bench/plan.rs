@@ -82,6 +82,12 @@ pub struct BenchArgs {
     /// time to this file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// HTTP and SDK writes without a version add a sibling (plain `PUT`) instead of
+    /// superseding what the coordinating node holds (`?overwrite=true`, like `SET`
+    /// and etcd's put): on a key written again and again, records grow up to the
+    /// sibling limit, and so does the cost of each write.
+    #[arg(long)]
+    blind_writes: bool,
 }
 
 /// How long the measured phase runs.
@@ -113,6 +119,7 @@ pub struct Plan {
     pub timeout: Duration,
     pub threads: usize,
     pub plot: Option<PathBuf>,
+    pub blind_writes: bool,
     /// Keys that exist: `keys`, then more as YCSB D inserts.
     pub count: KeyCount,
 }
@@ -186,6 +193,9 @@ impl Plan {
                 "--r/--w are HTTP query parameters; over RESP every request uses the nodes' \
                  read_quorum/write_quorum"
             );
+        }
+        if args.blind_writes && matches!(args.protocol, Protocol::Resp | Protocol::Etcd) {
+            bail!("--blind-writes is for HTTP and the SDK: SET and etcd's put always overwrite");
         }
         if args.protocol == Protocol::Etcd && (args.r.is_some() || args.w.is_some()) {
             bail!("--r/--w are ringkv quorums; etcd has none to choose");
@@ -268,6 +278,7 @@ impl Plan {
             timeout: Duration::from_millis(args.timeout_ms),
             threads: args.threads,
             plot: args.plot,
+            blind_writes: args.blind_writes,
             count: KeyCount::new(args.keys),
         })
     }
@@ -316,7 +327,14 @@ impl Plan {
             resp_value: bytes::Bytes::from(self.value()?),
             urls: self.urls.clone(),
             read_query: self.r.map(|r| format!("?r={r}")).unwrap_or_default(),
-            write_query: self.w.map(|w| format!("?w={w}")).unwrap_or_default(),
+            write_query: match (self.blind_writes, self.w) {
+                (true, Some(w)) => format!("?w={w}"),
+                (true, None) => String::new(),
+                (false, Some(w)) => format!("?overwrite=true&w={w}"),
+                (false, None) => "?overwrite=true".to_owned(),
+            },
+            update_query: self.w.map(|w| format!("?w={w}")).unwrap_or_default(),
+            blind: self.blind_writes,
             write_body: self.write_body()?,
             timeout: self.timeout,
             sdk: None,
@@ -413,6 +431,33 @@ mod tests {
         assert!(refused(&["--protocol", "resp", "--url", "h:0"]).contains("not a port"));
         assert!(refused(&["--protocol", "resp", "--url", "h:99999"]).contains("not a port"));
         assert!(refused(&["--protocol", "resp", "--url", "h:1", "--w", "2"]).contains("--r/--w"));
+    }
+
+    /// Writes overwrite unless --blind-writes; a write carrying a version (YCSB F)
+    /// never overwrites; etcd and RESP refuse the flag and quorums where they mean
+    /// nothing; YCSB E is refused with the reason and D reads the latest keys.
+    #[test]
+    fn write_queries_protocols_and_new_workloads() {
+        let target = |args: &[&str]| plan(args).expect("valid").target().expect("target");
+        let overwrite = target(&["--w", "2"]);
+        assert_eq!(overwrite.write_query, "?overwrite=true&w=2");
+        assert_eq!(overwrite.update_query, "?w=2");
+        assert_eq!(target(&[]).write_query, "?overwrite=true");
+        let blind = target(&["--blind-writes"]);
+        assert_eq!((blind.write_query.as_str(), blind.blind), ("", true));
+        assert!(refused(&["--protocol", "etcd", "--blind-writes"]).contains("--blind-writes"));
+        assert!(refused(&["--protocol", "resp", "--url", "h:1", "--blind-writes"]).contains("SET"));
+        assert!(refused(&["--protocol", "etcd", "--r", "1"]).contains("etcd"));
+        assert!(refused(&["--workload", "ycsb-e"]).contains("range scans"));
+        let d = plan(&["--workload", "ycsb-d"]).expect("valid");
+        assert_eq!(d.distribution, Distribution::Latest);
+        let d_uniform =
+            plan(&["--workload", "ycsb-d", "--distribution", "uniform"]).expect("valid");
+        assert_eq!(d_uniform.distribution, Distribution::Uniform);
+        let etcd = plan(&["--protocol", "etcd", "--url", "http://127.0.0.1:2379"]).expect("valid");
+        assert_eq!(etcd.urls, ["http://127.0.0.1:2379"]);
+        let endpoints = etcd.target().expect("target").endpoints;
+        assert_eq!(endpoints[0].addr, "127.0.0.1:2379".parse().unwrap());
     }
 
     #[test]
