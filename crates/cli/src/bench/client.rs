@@ -129,6 +129,14 @@ pub struct Failure {
 /// Longest example kept per error kind, in characters.
 const MAX_DETAIL_CHARS: usize = 300;
 
+/// An answer's body as an error example: text, at most `MAX_DETAIL_CHARS`.
+fn detail(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .take(MAX_DETAIL_CHARS)
+        .collect()
+}
+
 /// A failed exchange on an HTTP connection: a timeout or a connection error.
 fn io_failure(base: &str, error: &std::io::Error) -> Failure {
     let kind = if error.kind() == std::io::ErrorKind::TimedOut {
@@ -428,10 +436,7 @@ impl Target {
         };
         classify(op, answer.status).map_err(|kind| Failure {
             kind,
-            detail: String::from_utf8_lossy(&answer.body)
-                .chars()
-                .take(MAX_DETAIL_CHARS)
-                .collect(),
+            detail: detail(&answer.body),
         })
     }
 
@@ -456,10 +461,7 @@ impl Target {
             200 | 404 => Ok(answer.version),
             status => Err(Failure {
                 kind: ErrorKind::Status(status),
-                detail: String::from_utf8_lossy(&answer.body)
-                    .chars()
-                    .take(MAX_DETAIL_CHARS)
-                    .collect(),
+                detail: detail(&answer.body),
             }),
         }
     }
@@ -562,10 +564,7 @@ impl Target {
         } else {
             Err(Failure {
                 kind: ErrorKind::Status(answer.status),
-                detail: String::from_utf8_lossy(&answer.body)
-                    .chars()
-                    .take(MAX_DETAIL_CHARS)
-                    .collect(),
+                detail: detail(&answer.body),
             })
         }
     }
