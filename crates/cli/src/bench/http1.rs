@@ -226,7 +226,7 @@ impl HttpConn {
                     }
                 }
             }
-            if body.len() + size > MAX_BODY {
+            if size > MAX_BODY.saturating_sub(body.len()) {
                 return Err(invalid("a chunked body over the limit"));
             }
             let start = body.len();
@@ -341,6 +341,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
             "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
         ] {
