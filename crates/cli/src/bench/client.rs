@@ -169,6 +169,8 @@ pub struct RespConn {
 
 /// Longest reply line accepted (a bulk header, `+OK`, an error text).
 const MAX_REPLY_LINE: usize = 64 * 1024;
+/// Largest bulk reply accepted (a 16 MiB value, and then some).
+const MAX_REPLY_BULK: usize = 64 << 20;
 
 impl RespConn {
     async fn open(addr: &str) -> std::io::Result<RespConn> {
@@ -225,7 +227,9 @@ impl RespConn {
             Some(b'$') => {
                 let len: usize = text
                     .parse()
-                    .map_err(|_| broken(format!("a bad bulk length {text:?}")))?;
+                    .ok()
+                    .filter(|len| *len <= MAX_REPLY_BULK)
+                    .ok_or_else(|| broken(format!("a bad bulk length {text:?}")))?;
                 // The bulk and its CRLF, read and dropped.
                 let mut rest = vec![0; len + 2];
                 self.stream
