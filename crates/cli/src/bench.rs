@@ -18,17 +18,21 @@
 //! * `keys`: the PRNG and which key/op comes next.
 //! * `client`: the clients, their connections, one phase's run.
 //! * `http1`: the HTTP/1.1 keep-alive client of the load (ringkv and etcd).
+//! * `resp`, `sdk`, `etcd`: the ops over RESP, through the SDK, against etcd.
 //! * `timeline`: throughput and latency over time, and its SVG plot.
 //! * `report`: merged results, percentiles, the human and JSON output.
 //! * `plan`: the arguments and their limits.
 //! * `progress`: the progress line.
 
 mod client;
+mod etcd;
 mod http1;
 mod keys;
 mod plan;
 mod progress;
 mod report;
+mod resp;
+mod sdk;
 mod timeline;
 
 use std::process::ExitCode;
@@ -202,7 +206,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 async fn check_health(target: &Target) -> anyhow::Result<()> {
     if target.protocol == Protocol::Resp {
         for addr in &target.urls {
-            client::resp_ping(addr, HEALTH_TIMEOUT)
+            resp::resp_ping(addr, HEALTH_TIMEOUT)
                 .await
                 .with_context(|| format!("cannot PING {addr} over RESP (is the node running?)"))?;
         }

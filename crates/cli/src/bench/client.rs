@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -127,10 +125,10 @@ pub struct Failure {
 }
 
 /// Longest example kept per error kind, in characters.
-const MAX_DETAIL_CHARS: usize = 300;
+pub(super) const MAX_DETAIL_CHARS: usize = 300;
 
 /// An answer's body as an error example: text, at most `MAX_DETAIL_CHARS`.
-fn detail(body: &[u8]) -> String {
+pub(super) fn detail(body: &[u8]) -> String {
     String::from_utf8_lossy(body)
         .chars()
         .take(MAX_DETAIL_CHARS)
@@ -156,185 +154,19 @@ fn io_failure(base: &str, error: &std::io::Error) -> Failure {
 /// A bench client's connections, opened on first use and dropped on any error.
 #[derive(Default)]
 pub struct Conns {
-    resp: Option<RespConn>,
+    resp: Option<super::resp::RespConn>,
     http: Option<HttpConn>,
-}
-
-/// One client's RESP connection (opened on first use, dropped on any error).
-pub struct RespConn {
-    stream: BufReader<TcpStream>,
-    /// Scratch buffer for one command.
-    out: Vec<u8>,
-}
-
-/// Longest reply line accepted (a bulk header, `+OK`, an error text).
-const MAX_REPLY_LINE: usize = 64 * 1024;
-/// Largest bulk reply accepted (a 16 MiB value, and then some).
-const MAX_REPLY_BULK: usize = 64 << 20;
-
-impl RespConn {
-    async fn open(addr: &str) -> std::io::Result<RespConn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(RespConn {
-            stream: BufReader::new(stream),
-            out: Vec::with_capacity(256),
-        })
-    }
-
-    /// Sends one command (a RESP array of bulk strings).
-    async fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        self.out.clear();
-        self.out
-            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in args {
-            self.out
-                .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            self.out.extend_from_slice(arg);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.stream.get_mut().write_all(&self.out).await
-    }
-
-    /// Reads one reply: `Ok(true)` for a value or `+OK`/`+PONG`, `Ok(false)` for a
-    /// null, `Err` with the text for an error reply or a broken stream.
-    async fn reply(&mut self) -> Result<bool, Failure> {
-        let broken = |detail: String| Failure {
-            kind: ErrorKind::Connection,
-            detail,
-        };
-        let mut line = Vec::new();
-        let read = (&mut self.stream)
-            .take(MAX_REPLY_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(|error| broken(error.to_string()))?;
-        if read == 0 || !line.ends_with(b"\r\n") {
-            return Err(broken(
-                "the connection closed or sent a broken reply".into(),
-            ));
-        }
-        line.truncate(line.len() - 2);
-        let text = String::from_utf8_lossy(&line[1..]).into_owned();
-        match line.first() {
-            Some(b'+') => Ok(true),
-            Some(b'-') => Err(Failure {
-                kind: ErrorKind::Resp,
-                detail: text.chars().take(MAX_DETAIL_CHARS).collect(),
-            }),
-            Some(b'_') => Ok(false),
-            Some(b'$') if text == "-1" => Ok(false),
-            Some(b'$') => {
-                let len: usize = text
-                    .parse()
-                    .ok()
-                    .filter(|len| *len <= MAX_REPLY_BULK)
-                    .ok_or_else(|| broken(format!("a bad bulk length {text:?}")))?;
-                // The bulk and its CRLF, read and dropped.
-                let mut rest = vec![0; len + 2];
-                self.stream
-                    .read_exact(&mut rest)
-                    .await
-                    .map_err(|error| broken(error.to_string()))?;
-                Ok(true)
-            }
-            _ => Err(broken(format!("an unexpected reply {text:?}"))),
-        }
-    }
-}
-
-/// Opens a RESP connection to `addr` and checks it answers `PING`.
-///
-/// # Errors
-/// Connection failures, a timeout, or an answer other than `+PONG`.
-pub async fn resp_ping(addr: &str, timeout: Duration) -> anyhow::Result<()> {
-    tokio::time::timeout(timeout, async {
-        let mut conn = RespConn::open(addr).await?;
-        conn.send(&[b"PING"]).await?;
-        match conn.reply().await {
-            Ok(true) => Ok(()),
-            Ok(false) => anyhow::bail!("PING answered null"),
-            Err(failure) => anyhow::bail!("PING failed: {}", failure.detail),
-        }
-    })
-    .await
-    .context("no answer in time")?
 }
 
 impl Target {
     /// Runs `op` against node `index` of `urls` (a URL, or a RESP address), over
     /// the client's connections `conns`.
     async fn send(&self, index: usize, op: Op, conns: &mut Conns) -> Result<Success, Failure> {
-        let base = &self.urls[index];
-        let conn = &mut conns.resp;
         match self.protocol {
             Protocol::Http => self.send_http(index, op, &mut conns.http).await,
             Protocol::Sdk => self.send_sdk(op).await,
             Protocol::Etcd => self.send_etcd(index, op, &mut conns.http).await,
-            Protocol::Resp => {
-                match tokio::time::timeout(self.timeout, self.send_resp(base, op, conn)).await {
-                    Ok(Ok(success)) => Ok(success),
-                    Ok(Err(failure)) => {
-                        if failure.kind == ErrorKind::Connection {
-                            *conn = None;
-                        }
-                        Err(failure)
-                    }
-                    Err(_elapsed) => {
-                        // A reply may still come: the connection is out of step.
-                        *conn = None;
-                        Err(Failure {
-                            kind: ErrorKind::Timeout,
-                            detail: format!("no reply from {base} in {:?}", self.timeout),
-                        })
-                    }
-                }
-            }
-        }
-    }
-
-    async fn send_resp(
-        &self,
-        addr: &str,
-        op: Op,
-        conn: &mut Option<RespConn>,
-    ) -> Result<Success, Failure> {
-        let connection = match conn {
-            Some(connection) => connection,
-            None => conn.insert(RespConn::open(addr).await.map_err(|error| Failure {
-                kind: ErrorKind::Connection,
-                detail: format!("{addr}: {error}"),
-            })?),
-        };
-        let key = key_name(op.key_index());
-        let broken = |error: std::io::Error| Failure {
-            kind: ErrorKind::Connection,
-            detail: format!("{addr}: {error}"),
-        };
-        if let Op::Update(_) = op {
-            // Read, then write (RESP resolves by LWW: the SET needs no version).
-            connection
-                .send(&[b"GET", key.as_bytes()])
-                .await
-                .map_err(broken)?;
-            connection.reply().await?;
-        }
-        let sent = match op {
-            Op::Read(_) => connection.send(&[b"GET", key.as_bytes()]).await,
-            Op::Write(_) | Op::Update(_) => {
-                connection
-                    .send(&[b"SET", key.as_bytes(), &self.resp_value])
-                    .await
-            }
-        };
-        sent.map_err(broken)?;
-        match (op, connection.reply().await?) {
-            (_, true) => Ok(Success::Hit),
-            (Op::Read(_), false) => Ok(Success::Miss),
-            (Op::Write(_) | Op::Update(_), false) => Err(Failure {
-                kind: ErrorKind::Resp,
-                detail: "SET answered null".into(),
-            }),
+            Protocol::Resp => self.send_resp(index, op, &mut conns.resp).await,
         }
     }
 
@@ -342,7 +174,7 @@ impl Target {
     /// if needed; dropped on an error, a timeout or `Connection: close`). A request
     /// that finds a reused connection closed by the server is sent once more on a
     /// new one.
-    async fn http_call(
+    pub(super) async fn http_call(
         &self,
         index: usize,
         conn: &mut Option<HttpConn>,
@@ -467,109 +299,6 @@ impl Target {
                 kind: ErrorKind::Status(status),
                 detail: detail(&answer.body),
             }),
-        }
-    }
-}
-
-/// What an SDK error counts as.
-fn sdk_failure(error: &ringkv_client::Error) -> Failure {
-    let kind = match error {
-        ringkv_client::Error::Server { status, .. } => ErrorKind::Status(*status),
-        ringkv_client::Error::Unreachable(message) if message.contains("timed out") => {
-            ErrorKind::Timeout
-        }
-        _ => ErrorKind::Connection,
-    };
-    Failure {
-        kind,
-        detail: error.to_string().chars().take(MAX_DETAIL_CHARS).collect(),
-    }
-}
-
-impl Target {
-    /// An op through the SDK, which picks the node (a replica of the key).
-    async fn send_sdk(&self, op: Op) -> Result<Success, Failure> {
-        let Some(sdk) = &self.sdk else {
-            return Err(Failure {
-                kind: ErrorKind::Connection,
-                detail: "the SDK is not connected".into(),
-            });
-        };
-        let key = key_name(op.key_index());
-        let read = ringkv_client::ReadOptions { r: self.r };
-        let mut write = ringkv_client::WriteOptions {
-            w: self.w,
-            overwrite: !self.blind,
-            ..ringkv_client::WriteOptions::default()
-        };
-        match op {
-            Op::Read(_) => match sdk.get(key.as_bytes(), &read).await {
-                Ok(Some(_)) => Ok(Success::Hit),
-                Ok(None) => Ok(Success::Miss),
-                Err(error) => Err(sdk_failure(&error)),
-            },
-            Op::Write(_) | Op::Update(_) => {
-                if let Op::Update(_) = op {
-                    let found = sdk.get(key.as_bytes(), &read).await;
-                    write.version = found
-                        .map_err(|error| sdk_failure(&error))?
-                        .map(|read| read.version().clone());
-                    write.overwrite = write.version.is_none() && !self.blind;
-                }
-                sdk.put(key.as_bytes(), self.resp_value.clone(), &write)
-                    .await
-                    .map(|_| Success::Hit)
-                    .map_err(|error| sdk_failure(&error))
-            }
-        }
-    }
-
-    /// An op against etcd's v3 JSON gateway. YCSB F's update is a range then a put
-    /// (blind, as over RESP).
-    async fn send_etcd(
-        &self,
-        index: usize,
-        op: Op,
-        conn: &mut Option<HttpConn>,
-    ) -> Result<Success, Failure> {
-        use base64::Engine as _;
-        let key = base64::engine::general_purpose::STANDARD.encode(key_name(op.key_index()));
-        if let Op::Read(_) | Op::Update(_) = op {
-            let body = format!(r#"{{"key":"{key}"}}"#);
-            let found = self.etcd_call(index, conn, "range", body).await?;
-            // A range that found nothing has no `kvs`.
-            let hit = serde_json::from_slice::<serde_json::Value>(&found)
-                .ok()
-                .is_some_and(|json| json["kvs"].as_array().is_some_and(|kvs| !kvs.is_empty()));
-            if let Op::Read(_) = op {
-                return Ok(if hit { Success::Hit } else { Success::Miss });
-            }
-        }
-        let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, self.etcd_value);
-        self.etcd_call(index, conn, "put", body).await?;
-        Ok(Success::Hit)
-    }
-
-    /// `POST /v3/kv/{method}`: the answer's body if it is 200.
-    async fn etcd_call(
-        &self,
-        index: usize,
-        conn: &mut Option<HttpConn>,
-        method: &str,
-        body: String,
-    ) -> Result<Vec<u8>, Failure> {
-        let path = format!("/v3/kv/{method}");
-        let headers = [("Content-Type", "application/json")];
-        let answer = self
-            .http_call(index, conn, "POST", &path, &headers, body.as_bytes())
-            .await?;
-        if answer.status == 200 {
-            Ok(answer.body)
-        } else {
-            Err(Failure {
-                kind: ErrorKind::Status(answer.status),
-                detail: detail(&answer.body),
-            })
         }
     }
 }
