@@ -3,6 +3,7 @@
 //! index and the phase, never on timing.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Distribution, Workload};
@@ -154,7 +155,15 @@ impl KeyChoice {
 /// YCSB, reads see a key only once every insert up to it was answered, so a read
 /// never races the insert of the key it reads.
 #[derive(Clone, Debug)]
-pub struct KeyCount(Arc<Mutex<Inserts>>);
+pub struct KeyCount(Arc<Counted>);
+
+#[derive(Debug)]
+struct Counted {
+    /// What `get` answers, kept by the insert calls: every op reads it, so it is
+    /// one atomic load rather than the lock.
+    readable: AtomicU64,
+    inserts: Mutex<Inserts>,
+}
 
 #[derive(Debug)]
 struct Inserts {
@@ -173,39 +182,46 @@ impl PartialEq for KeyCount {
 
 impl KeyCount {
     pub fn new(keys: u64) -> KeyCount {
-        KeyCount(Arc::new(Mutex::new(Inserts {
-            next: keys,
-            pending: BTreeSet::new(),
-        })))
+        KeyCount(Arc::new(Counted {
+            readable: AtomicU64::new(keys),
+            inserts: Mutex::new(Inserts {
+                next: keys,
+                pending: BTreeSet::new(),
+            }),
+        }))
     }
 
     /// Keys below this one exist (or their insert failed): reads choose among them.
     pub fn get(&self) -> u64 {
-        match self.0.lock() {
-            Ok(inserts) => inserts.pending.first().copied().unwrap_or(inserts.next),
-            Err(poisoned) => poisoned.into_inner().next,
-        }
+        self.0.readable.load(Ordering::Acquire)
+    }
+
+    /// Runs `change` on the inserts under the lock, then publishes what reads see.
+    fn update<T>(&self, change: impl FnOnce(&mut Inserts) -> T) -> T {
+        let mut inserts = self
+            .0
+            .inserts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = change(&mut inserts);
+        let readable = inserts.pending.first().copied().unwrap_or(inserts.next);
+        self.0.readable.store(readable, Ordering::Release);
+        result
     }
 
     /// The index of a new key, pending until `answered`.
     fn insert(&self) -> u64 {
-        let mut inserts = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let index = inserts.next;
-        inserts.next += 1;
-        inserts.pending.insert(index);
-        index
+        self.update(|inserts| {
+            let index = inserts.next;
+            inserts.next += 1;
+            inserts.pending.insert(index);
+            index
+        })
     }
 
     /// The insert of `index` was answered (written or failed).
     pub fn answered(&self, index: u64) {
-        let mut inserts = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        inserts.pending.remove(&index);
+        self.update(|inserts| inserts.pending.remove(&index));
     }
 }
 
