@@ -23,6 +23,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 ops=50000
 keys=100000
@@ -43,38 +45,11 @@ readonly work="target/bench-cluster"
 readonly ringkv="target/release/ringkv"
 urls="http://127.0.0.1:${http_port},http://127.0.0.1:$((http_port + 1)),http://127.0.0.1:$((http_port + 2))"
 
-log() { echo "== $*" >&2; }
-# A command as a shell would need it typed: `--save ''` stays visible.
-quoted() {
-    local arg words=()
-    for arg in "$@"; do
-        if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-            words+=("$arg")
-        else
-            words+=("'${arg//\'/\'\\\'\'}'")
-        fi
-    done
-    echo "${words[*]}"
-}
-die() { echo "error: $*" >&2; exit 1; }
 
 # --- stop what we started, by PID ----------------------------------------------------
 dev_pid=""
 redis_pid=""
 
-# SIGTERM, wait up to the grace, then SIGKILL; only for a PID this script started.
-stop_pid() {
-    local pid="$1" name="$2" i
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < stop_grace_s * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    echo "warning: $name (pid $pid) ignored SIGTERM for ${stop_grace_s}s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 # `ringkv dev` stops its node processes on SIGTERM; their PIDs are read first in case
 # it has to be killed and leaves them behind.
@@ -103,8 +78,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# True when something accepts TCP connections on 127.0.0.1:$1.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # --- tools -------------------------------------------------------------------------
 command -v curl >/dev/null || die "curl is needed to poll /health"

@@ -1,4 +1,5 @@
-# Shared by the bench scripts that run a `ringkv dev` cluster (sourced, not run).
+# Shared by the bench scripts (sourced, not run): logging, quoting, ports, stopping
+# what a script started, and the `ringkv dev` cluster helpers.
 # Expects: http_port set; sets and uses dev_pid. Everything stopped is stopped by
 # PID: the dev process and its own children only.
 
@@ -6,6 +7,36 @@ log() { echo "== $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 url() { echo "http://127.0.0.1:$((http_port + $1))"; }
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A command as a shell would need it typed: `--save ''` stays visible.
+quoted() {
+    local arg words=()
+    for arg in "$@"; do
+        if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+            words+=("$arg")
+        else
+            words+=("'${arg//\'/\'\\\'\'}'")
+        fi
+    done
+    echo "${words[*]}"
+}
+
+# stop_pid PID [NAME]: SIGTERM, wait up to ${stop_grace_s:-20} s, then SIGKILL; only
+# for a PID this script started.
+stop_pid() {
+    local pid="$1" name="${2:-process}" grace="${stop_grace_s:-20}" i
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    echo "warning: $name (pid $pid) ignored SIGTERM for ${grace}s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
 
 dev_pid=""
 
