@@ -9,6 +9,16 @@ mod node;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of glibc's malloc. A node allocates and frees many short-lived
+/// buffers per request (hyper's 8 KiB read buffer, RPC frames, records); under
+/// writes, glibc's malloc family (`_int_malloc`, `malloc_consolidate`,
+/// `unlink_chunk`, `free`) was ~20 % of the runtime threads' samples. Measured on a
+/// 3-node `ringkv dev` cluster, `ringkv bench --workload write --concurrency 64`,
+/// 8 interleaved pairs on 2 vCPUs: jemalloc won all 8, +3 % to +19 % ops/s (mean
+/// +11 %), p99 lower in 7 (bench/results/README.md, 2026-11-28 session 6).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ringkv",
