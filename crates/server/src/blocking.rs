@@ -41,23 +41,32 @@ impl BlockingPool {
         Arc::new(BlockingPool { sender })
     }
 
-    /// Runs `job` on a pool thread and returns its result.
+    /// Runs `job` on a pool thread and returns its result (`None` if it panicked).
     pub async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         let (answer, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
+        self.submit(move || {
             let _ = answer.send(job());
         });
-        match self.sender.try_send(job) {
-            Ok(()) => result.await.ok(),
+        result.await.ok()
+    }
+
+    /// Starts `job` on a pool thread and returns at once; the job hands its result on
+    /// itself. A job that panics is dropped (with whatever it owned) and the thread
+    /// carries on. Past the queue's capacity the job runs on tokio's blocking pool,
+    /// so this must be called from within the runtime.
+    pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
+        match self.sender.try_send(Box::new(job)) {
+            Ok(()) => {}
             Err(TrySendError::Full(job)) => {
                 metrics::counter!("ringkv_blocking_pool_overflow_total").increment(1);
-                tokio::task::spawn_blocking(job).await.ok()?;
-                result.await.ok()
+                drop(tokio::task::spawn_blocking(job));
             }
-            Err(TrySendError::Disconnected(_)) => None,
+            // The threads are gone only if they all died, which `work` prevents;
+            // dropping the job drops its answer, which its waiter reads as a failure.
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 }
@@ -73,7 +82,10 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        job();
+        // A panicking job must not shrink the pool: the next jobs would wait forever.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            tracing::error!("a storage job panicked");
+        }
     }
 }
 
@@ -127,6 +139,19 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_does_not_stop_its_thread() {
+        let pool = BlockingPool::new("test-pool", 1);
+        assert_eq!(pool.run(|| -> u32 { panic!("job failed") }).await, None);
+        // The only thread still runs jobs.
+        assert_eq!(pool.run(|| 7).await, Some(7));
+        let (sender, done) = oneshot::channel();
+        pool.submit(move || {
+            let _ = sender.send(8);
+        });
+        assert_eq!(done.await.ok(), Some(8));
     }
 
     async fn futures_join<F: std::future::Future>(

@@ -12,7 +12,7 @@ use ringkv_cluster::{BoxFuture, Node, Spawn};
 use ringkv_core::NodeId;
 use ringkv_core::wire::{PeerError, PeerRequest, PeerResponse};
 
-use crate::rpc::PeerHandler;
+use crate::rpc::{Direct, PeerHandler, Reply};
 
 /// Background work on the tokio runtime; blocking work on the storage pool.
 pub struct TokioSpawn {
@@ -88,12 +88,80 @@ fn internal(message: impl Into<String>) -> PeerResponse {
 }
 
 impl PeerHandler for PeerService {
-    fn handle(&self, _from: NodeId, request: PeerRequest) -> BoxFuture<PeerResponse> {
+    fn handle(&self, from: NodeId, request: PeerRequest) -> BoxFuture<PeerResponse> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let reply = Reply::new(move |response| {
+            let _ = answer.send(response);
+        });
+        match self.handle_direct(from, request, reply) {
+            Direct::Taken => Box::pin(async move {
+                answered
+                    .await
+                    .unwrap_or_else(|_| internal("replica task failed"))
+            }),
+            Direct::Declined(request, _reply) => self.handle_async(request),
+        }
+    }
+
+    /// Replica work and sync barriers: no task. A storage thread applies the
+    /// request and, for a write, hands the answer to the syncer (`SyncWait::then`),
+    /// which sends it once durable: the syncer's wake-up reaches the connection's
+    /// writer directly, instead of waking a task that then wakes the writer.
+    fn handle_direct(&self, _from: NodeId, request: PeerRequest, reply: Reply) -> Direct {
         if let Some(refused) =
             ringkv_cluster::topology::refusal(self.membership.my_state(), &request)
         {
-            return Box::pin(async move { PeerResponse::Error(refused) });
+            reply.send(PeerResponse::Error(refused));
+            return Direct::Taken;
         }
+        match request {
+            // A barrier only: no storage call, so no storage thread.
+            PeerRequest::Sync => {
+                self.node.sync().then(move |durable| {
+                    reply.send(match durable {
+                        Ok(()) => PeerResponse::Ack,
+                        Err(error) => internal(format!("sync failed: {error}")),
+                    });
+                });
+                Direct::Taken
+            }
+            request @ (PeerRequest::Update { .. }
+            | PeerRequest::Replicate { .. }
+            | PeerRequest::Hint { .. }
+            | PeerRequest::TreeRoots { .. }
+            | PeerRequest::TreeHashes { .. }
+            | PeerRequest::LeafDigests { .. }
+            | PeerRequest::StreamRange { .. }
+            | PeerRequest::Store { .. }
+            | PeerRequest::Read { .. }) => {
+                let node = self.node.clone();
+                // A panic in the job drops `reply`: the caller times out, as it
+                // would waiting for a node that died.
+                self.storage.submit(move || {
+                    let done = node.handle_replica(request);
+                    let response = done.response;
+                    match done.durable {
+                        None => reply.send(response),
+                        Some(durable) => durable.then(move |durable| {
+                            reply.send(match durable {
+                                Ok(()) => response,
+                                Err(error) => {
+                                    internal(format!("write applied but not durable: {error}"))
+                                }
+                            });
+                        }),
+                    }
+                });
+                Direct::Taken
+            }
+            other => Direct::Declined(other, reply),
+        }
+    }
+}
+
+impl PeerService {
+    /// Coordination and membership: async work, run in a task.
+    fn handle_async(&self, request: PeerRequest) -> BoxFuture<PeerResponse> {
         match request {
             PeerRequest::Members { members } => {
                 let response = match self.coordinator.get() {
@@ -129,39 +197,8 @@ impl PeerHandler for PeerService {
                 };
                 Box::pin(async move { response })
             }
-            // A barrier only: no storage call, so no blocking thread.
-            PeerRequest::Sync => {
-                let durable = self.node.sync();
-                Box::pin(async move {
-                    match durable.await {
-                        Ok(()) => PeerResponse::Ack,
-                        Err(error) => internal(format!("sync failed: {error}")),
-                    }
-                })
-            }
-            request @ (PeerRequest::Update { .. }
-            | PeerRequest::Replicate { .. }
-            | PeerRequest::Hint { .. }
-            | PeerRequest::TreeRoots { .. }
-            | PeerRequest::TreeHashes { .. }
-            | PeerRequest::LeafDigests { .. }
-            | PeerRequest::StreamRange { .. }
-            | PeerRequest::Store { .. }
-            | PeerRequest::Read { .. }) => {
-                let (node, storage) = (self.node.clone(), self.storage.clone());
-                Box::pin(async move {
-                    let Some(reply) = storage.run(move || node.handle_replica(request)).await
-                    else {
-                        return internal("replica task failed");
-                    };
-                    if let Some(durable) = reply.durable
-                        && let Err(error) = durable.await
-                    {
-                        return internal(format!("write applied but not durable: {error}"));
-                    }
-                    reply.response
-                })
-            }
+            // `handle_direct` takes every other request.
+            _ => Box::pin(async move { internal("replica request on the async path") }),
         }
     }
 }

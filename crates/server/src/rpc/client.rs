@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{Link, LinkConfig};
-use super::{PeerHandler, RpcOptions, record_call};
+use super::{Direct, PeerHandler, Reply, RpcOptions, record_call};
 
 /// Calls to peers over TCP (DESIGN.md §7), and to this node through its own handler.
 ///
@@ -144,7 +144,8 @@ impl TcpTransport {
         Ok(link)
     }
 
-    /// A call to this node: runs the local handler in its own task.
+    /// A call to this node: straight to the local handler, in a task of its own
+    /// only if it needs one (`PeerHandler::handle_direct`).
     fn call_local(
         &self,
         request: PeerRequest,
@@ -164,12 +165,16 @@ impl TcpTransport {
             return finished(me, started, Err(TransportError::Overloaded(me)));
         };
         let (answer, receiver) = oneshot::channel();
-        self.spawn(Box::pin(async move {
-            let response = handler.handle(me, request).await;
+        let reply = Reply::new(move |response| {
             drop(permit);
             // The caller may have given up; the request ran all the same.
             let _ = answer.send(response);
-        }));
+        });
+        if let Direct::Declined(request, reply) = handler.handle_direct(me, request, reply) {
+            self.spawn(Box::pin(async move {
+                reply.send(handler.handle(me, request).await);
+            }));
+        }
         Box::pin(async move {
             let result = match tokio::time::timeout(timeout, receiver).await {
                 Err(_) => Err(TransportError::Timeout(timeout)),

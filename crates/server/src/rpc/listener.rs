@@ -1,9 +1,10 @@
 //! The accepting side: [`serve`] runs the internal RPC listener of a node.
 //!
-//! Every connection gets the handshake first; then its reader runs each request in a
-//! task of its own (at most `max_in_flight_per_connection` at once: beyond that it
-//! stops reading, which pushes back on the dialer through TCP) and a writer task sends
-//! the answers in whatever order they finish. Reader and writer are separate tasks so
+//! Every connection gets the handshake first; then its reader hands each request to
+//! the handler, which answers it directly from another thread (replica work) or in a
+//! task of its own (at most `max_in_flight_per_connection` in flight at once: beyond
+//! that it stops reading, which pushes back on the dialer through TCP), and a writer
+//! task sends the answers in whatever order they finish. Reader and writer are separate tasks so
 //! that a dialer busy writing requests can never deadlock against us writing answers.
 //!
 //! Whatever a peer sends, the worst outcome is its own connection closing, logged at
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Body, Envelope};
 use super::handshake::{self, HandshakeError, MAX_HANDSHAKE_FRAME_BYTES};
-use super::{PeerHandler, RpcOptions, record_refusal};
+use super::{Direct, PeerHandler, Reply, RpcOptions, record_refusal};
 
 /// First wait after a failed `accept` (e.g. out of file descriptors); doubles per
 /// consecutive failure up to [`ACCEPT_BACKOFF_MAX`].
@@ -144,7 +145,10 @@ async fn serve_connection(
         .set_max_frame_length(options.max_frame_bytes);
 
     let max_in_flight = options.max_in_flight_per_connection;
-    let (answers, answers_to_write) = mpsc::channel(max_in_flight);
+    // Unbounded, yet never holds more than `max_in_flight` answers: each carries the
+    // permit of its request, released only once the writer took it. Unbounded so
+    // that any thread (a storage thread, the syncer) can answer without waiting.
+    let (answers, answers_to_write) = mpsc::unbounded_channel();
     // Not a child of `shutdown`: answers finishing within the grace still go out.
     let close = CancellationToken::new();
     let writing = tokio::spawn(write_answers(
@@ -196,21 +200,30 @@ async fn serve_connection(
         let Some(Ok(permit)) = acquired.await else {
             break;
         };
-        let handler = context.handler.clone();
         let answers = answers.clone();
-        handlers.spawn(async move {
-            let response = handler.handle(from, request).await;
+        let reply = Reply::new(move |response| {
             // The writer is gone only if the connection is: nobody to answer then.
-            let _ = answers.send((id, response)).await;
-            drop(permit);
+            let _ = answers.send(Answer {
+                id,
+                response,
+                _permit: permit,
+            });
         });
+        let handler = &context.handler;
+        if let Direct::Declined(request, reply) = handler.handle_direct(from, request, reply) {
+            let handler = handler.clone();
+            handlers.spawn(async move {
+                reply.send(handler.handle(from, request).await);
+            });
+        }
     }
     drop(answers);
     drop(reader);
     let grace = options.shutdown_grace;
     {
         // Requests already read still run to the end (the dialer may have dropped
-        // its future, not the request); on shutdown, for at most the grace.
+        // its future, not the request); on shutdown, for at most the grace. Those
+        // answered directly hold a sender of `answers`: the writer waits for them.
         let drained = async {
             while let Some(joined) = handlers.join_next().await {
                 log_panic(joined);
@@ -240,10 +253,18 @@ async fn serve_connection(
     tracing::debug!(peer = %addr, node = %from, "rpc: connection closed");
 }
 
+/// One request's answer on its way to the writer, with the request's in-flight
+/// permit (released once the writer took it).
+struct Answer {
+    id: u64,
+    response: PeerResponse,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// Writes answers until every handler is done (all senders dropped) or `close`.
 async fn write_answers(
     mut writer: OwnedWriteHalf,
-    mut answers: mpsc::Receiver<(u64, PeerResponse)>,
+    mut answers: mpsc::UnboundedReceiver<Answer>,
     max_frame_bytes: usize,
     addr: SocketAddr,
     close: CancellationToken,
@@ -252,7 +273,7 @@ async fn write_answers(
         // Answers ready meanwhile go out in the same write (one syscall for many).
         let mut batch = Vec::new();
         let mut next = Some(first);
-        while let Some((id, response)) = next.take() {
+        while let Some(Answer { id, response, .. }) = next.take() {
             if let Some(frame) = encode_answer(id, response, max_frame_bytes, addr) {
                 batch.extend_from_slice(&frame);
             }

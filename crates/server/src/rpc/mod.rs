@@ -48,6 +48,41 @@ pub use listener::serve;
 /// `cluster_secret` it has proven it belongs to the cluster, without one it is a claim.
 pub trait PeerHandler: Send + Sync + 'static {
     fn handle(&self, from: NodeId, request: PeerRequest) -> BoxFuture<PeerResponse>;
+
+    /// Takes `request` if it can be answered without a task of its own, through
+    /// `reply`, from whichever thread finishes it (replica work: a storage thread
+    /// applies it, the syncer answers once it is durable); gives both back
+    /// otherwise, and the caller runs [`handle`](Self::handle) in a task. The
+    /// default takes nothing.
+    fn handle_direct(&self, from: NodeId, request: PeerRequest, reply: Reply) -> Direct {
+        let _ = from;
+        Direct::Declined(request, reply)
+    }
+}
+
+/// What [`PeerHandler::handle_direct`] did with a request.
+pub enum Direct {
+    /// It will answer through the reply.
+    Taken,
+    /// Untouched: run `handle` for it in a task.
+    Declined(PeerRequest, Reply),
+}
+
+/// Where the answer to one request goes: sent once, from any thread, without
+/// blocking. Dropped unsent (a handler that panicked, a listener shutting down), it
+/// answers nothing: the connection's writer or the local caller's channel sees its
+/// sender go, as when a task ends without an answer.
+pub struct Reply(Box<dyn FnOnce(PeerResponse) + Send + 'static>);
+
+impl Reply {
+    /// A reply that hands the answer to `deliver`, which must not block.
+    pub fn new(deliver: impl FnOnce(PeerResponse) + Send + 'static) -> Reply {
+        Reply(Box::new(deliver))
+    }
+
+    pub fn send(self, response: PeerResponse) {
+        (self.0)(response);
+    }
 }
 
 impl<F> PeerHandler for F

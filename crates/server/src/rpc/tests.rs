@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{PeerHandler, RpcOptions, TcpTransport, serve};
+use super::{Direct, PeerHandler, Reply, RpcOptions, TcpTransport, serve};
 
 const LONG: Duration = Duration::from_secs(5);
 /// How long the handler takes for keys starting with "slow".
@@ -325,6 +325,93 @@ async fn forgotten_failures_let_the_next_call_connect_at_once() {
         );
         shutdown.cancel();
         let _ = serving.await;
+    })
+    .await;
+}
+
+/// Answers every `Read` directly, from a thread of its own, after a short wait
+/// (`handle` is never used for it). A dropped key (`drop`) gets no answer at all.
+struct DirectHandler;
+
+impl PeerHandler for DirectHandler {
+    fn handle(
+        &self,
+        _from: NodeId,
+        _request: PeerRequest,
+    ) -> ringkv_cluster::BoxFuture<PeerResponse> {
+        Box::pin(async { PeerResponse::Ack })
+    }
+
+    fn handle_direct(&self, _from: NodeId, request: PeerRequest, reply: Reply) -> Direct {
+        let PeerRequest::Read { key } = request else {
+            return Direct::Declined(request, reply);
+        };
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            if key.as_ref() != b"drop" {
+                reply.send(PeerResponse::Record { record: Some(key) });
+            }
+        });
+        Direct::Taken
+    }
+}
+
+/// Requests a handler takes directly are answered from the thread that finishes
+/// them, over a connection and locally; declined ones go through `handle`; a reply
+/// dropped unsent ends a local call at once and a remote one at its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_answers_arrive_from_any_thread() {
+    bounded(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = Peer {
+            id: NodeId(2),
+            addr: listener.local_addr().expect("bound").to_string(),
+        };
+        let shutdown = CancellationToken::new();
+        let handler: Arc<dyn PeerHandler> = Arc::new(DirectHandler);
+        let serving = tokio::spawn(serve(
+            listener,
+            NodeId(2),
+            None,
+            RpcOptions::default(),
+            handler.clone(),
+            shutdown.clone(),
+        ));
+        let me = Peer {
+            id: NodeId(1),
+            addr: "127.0.0.1:9".to_owned(),
+        };
+        let transport = TcpTransport::new(me.clone(), None, RpcOptions::default(), handler);
+        let calls: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|key| transport.call(&peer, read(key), LONG))
+            .collect();
+        for (call, key) in calls.into_iter().zip(["a", "b", "c"]) {
+            assert_eq!(call.await, Ok(record(key)));
+        }
+        assert_eq!(
+            transport.call(&me, read("local"), LONG).await,
+            Ok(record("local"))
+        );
+        let declined = PeerRequest::Sync;
+        assert_eq!(
+            transport.call(&peer, declined, LONG).await,
+            Ok(PeerResponse::Ack)
+        );
+        let local = transport.call(&me, read("drop"), LONG).await;
+        assert!(
+            matches!(local, Err(TransportError::Unreachable { .. })),
+            "{local:?}"
+        );
+        let short = Duration::from_millis(300);
+        let remote = transport.call(&peer, read("drop"), short).await;
+        assert_eq!(remote, Err(TransportError::Timeout(short)));
+        shutdown.cancel();
+        transport.shutdown();
+        assert!(matches!(
+            tokio::time::timeout(LONG, serving).await,
+            Ok(Ok(()))
+        ));
     })
     .await;
 }
