@@ -70,7 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::post(remove_node),
         )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(crate::metrics::TrackLayer)
         .with_state(state)
 }
 

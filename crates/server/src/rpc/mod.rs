@@ -185,9 +185,31 @@ fn record_call(
     result: &Result<PeerResponse, TransportError>,
 ) {
     let outcome = outcome(result);
-    metrics::counter!("ringkv_rpc_calls_total", "peer" => peer.to_string(), "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("ringkv_rpc_call_seconds").record(started.elapsed().as_secs_f64());
+    let took = started.elapsed().as_secs_f64();
+    let lookup = || {
+        (
+            metrics::counter!("ringkv_rpc_calls_total", "peer" => peer.to_string(), "outcome" => outcome),
+            metrics::histogram!("ringkv_rpc_call_seconds"),
+        )
+    };
+    if !crate::metrics::installed() {
+        let (calls, latency) = lookup();
+        calls.increment(1);
+        latency.record(took);
+        return;
+    }
+    // Handles kept per thread: a call costs no label string or registry lookup.
+    RPC_HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        let (calls, latency) = handles.entry((peer, outcome)).or_insert_with(lookup);
+        calls.increment(1);
+        latency.record(took);
+    });
+}
+
+thread_local! {
+    static RPC_HANDLES: crate::metrics::Handles<(NodeId, &'static str)> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Counts a refused (or dropped) connection.
