@@ -17,9 +17,13 @@
 #
 # Everything it starts it stops by PID on exit (trap), whatever happened.
 #
-# Usage: bench/cluster.sh [--ops N] [--keys K]
-#   --ops   operations per measurement, ringkv and redis alike (default 50000)
-#   --keys  ringkv key set; the read workload writes every key once first (default 100000)
+# Usage: bench/cluster.sh [--ops N] [--keys K] [--warmup N]
+#   --ops     operations per measurement, ringkv and redis alike (default 50000)
+#   --keys    ringkv key set; the read workload writes every key once first (default 100000)
+#   --warmup  unmeasured operations before each `ringkv bench` measurement, ringkv and
+#             redis alike (default 5000): the first ones pay one-time costs (the
+#             clients' and the nodes' connections and handshakes, first-touch
+#             allocations) that are not the steady state the p99 goal is about
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,15 +32,18 @@ source bench/lib.sh
 
 ops=50000
 keys=100000
+warmup=5000
 while (($# > 0)); do
     case "$1" in
     --ops) ops="${2:?--ops needs a value}"; shift 2 ;;
     --keys) keys="${2:?--keys needs a value}"; shift 2 ;;
-    *) echo "usage: $0 [--ops N] [--keys K]" >&2; exit 2 ;;
+    --warmup) warmup="${2:?--warmup needs a value}"; shift 2 ;;
+    *) echo "usage: $0 [--ops N] [--keys K] [--warmup N]" >&2; exit 2 ;;
     esac
 done
 [[ "$ops" =~ ^[1-9][0-9]*$ ]] || { echo "--ops must be a positive integer" >&2; exit 2; }
 [[ "$keys" =~ ^[1-9][0-9]*$ ]] || { echo "--keys must be a positive integer" >&2; exit 2; }
+[[ "$warmup" =~ ^[0-9]+$ ]] || { echo "--warmup must be a non-negative integer" >&2; exit 2; }
 
 readonly concurrency=64 value_size=100 resp_clients=50
 readonly http_port=18080 resp_port=16380 peer_port=17080 redis_port=16399
@@ -124,7 +131,7 @@ done
 log "all three nodes answer /health"
 
 bench_common=(--url "$urls" --concurrency "$concurrency" --ops "$ops"
-    --value-size "$value_size" --keys "$keys" --json)
+    --value-size "$value_size" --keys "$keys" --warmup-ops "$warmup" --json)
 write_command=("$ringkv" bench --workload write "${bench_common[@]}")
 read_command=("$ringkv" bench --workload read "${bench_common[@]}")
 
@@ -136,7 +143,7 @@ read_json="$(timeout "$run_timeout_s" "${read_command[@]}")"
 # command loads Redis below.
 resp_urls="127.0.0.1:${resp_port},127.0.0.1:$((resp_port + 1)),127.0.0.1:$((resp_port + 2))"
 resp_common=(--protocol resp --concurrency "$concurrency" --ops "$ops" --value-size "$value_size"
-    --keys "$keys" --json)
+    --keys "$keys" --warmup-ops "$warmup" --json)
 resp_write_command=("$ringkv" bench --workload write --url "$resp_urls" "${resp_common[@]}")
 resp_read_command=("$ringkv" bench --workload read --url "$resp_urls" "${resp_common[@]}")
 log "running: $(quoted "${resp_write_command[@]}")"
@@ -298,7 +305,7 @@ fi
     echo "## commands"
     echo
     echo '```'
-    echo "bench/cluster.sh --ops ${ops} --keys ${keys}"
+    echo "bench/cluster.sh --ops ${ops} --keys ${keys} --warmup ${warmup}"
     echo "$(quoted "${dev_command[@]}")"
     echo "$(quoted "${write_command[@]}")"
     echo "$(quoted "${read_command[@]}")"
