@@ -55,14 +55,17 @@ impl BlockingPool {
 
     /// Starts `job` on a pool thread and returns at once; the job hands its result on
     /// itself. A job that panics is dropped (with whatever it owned) and the thread
-    /// carries on. Past the queue's capacity the job runs on tokio's blocking pool,
-    /// so this must be called from within the runtime.
+    /// carries on. Past the queue's capacity the job runs on tokio's blocking pool
+    /// (or, called from outside any runtime, on the calling thread).
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
         match self.sender.try_send(Box::new(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => {
                 metrics::counter!("ringkv_blocking_pool_overflow_total").increment(1);
-                drop(tokio::task::spawn_blocking(job));
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(job)),
+                    Err(_) => job(),
+                }
             }
             // The threads are gone only if they all died, which `work` prevents;
             // dropping the job drops its answer, which its waiter reads as a failure.
