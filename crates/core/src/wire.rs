@@ -93,6 +93,29 @@ pub enum PeerRequest {
     Decommission,
 }
 
+impl PeerRequest {
+    /// Work a replica does on its own storage (`Node::handle_replica`): blocking,
+    /// and answered once durable when it writes. The rest is coordination,
+    /// membership or a bare durability barrier (`Sync`).
+    pub fn is_replica_work(&self) -> bool {
+        match self {
+            PeerRequest::Update { .. }
+            | PeerRequest::Replicate { .. }
+            | PeerRequest::Hint { .. }
+            | PeerRequest::TreeRoots { .. }
+            | PeerRequest::TreeHashes { .. }
+            | PeerRequest::LeafDigests { .. }
+            | PeerRequest::StreamRange { .. }
+            | PeerRequest::Store { .. }
+            | PeerRequest::Read { .. } => true,
+            PeerRequest::Coordinate { .. }
+            | PeerRequest::Sync
+            | PeerRequest::Members { .. }
+            | PeerRequest::Decommission => false,
+        }
+    }
+}
+
 /// An answer to a `PeerRequest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
@@ -158,4 +181,34 @@ pub enum PeerError {
     /// The request is valid but cannot be done in the cluster's state now (a
     /// decommission that would leave fewer than N nodes, one already under way).
     Refused { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_work_is_what_touches_a_replicas_storage() {
+        let key = Bytes::from_static(b"k");
+        let replica = [
+            PeerRequest::Replicate {
+                key: key.clone(),
+                record: key.clone(),
+            },
+            PeerRequest::Read { key: key.clone() },
+            PeerRequest::Store {
+                records: Vec::new(),
+            },
+            PeerRequest::TreeRoots { arcs: Vec::new() },
+        ];
+        assert!(replica.iter().all(PeerRequest::is_replica_work));
+        let other = [
+            PeerRequest::Sync,
+            PeerRequest::Members {
+                members: Vec::new(),
+            },
+            PeerRequest::Decommission,
+        ];
+        assert!(!other.iter().any(PeerRequest::is_replica_work));
+    }
 }

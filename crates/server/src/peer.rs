@@ -125,15 +125,7 @@ impl PeerHandler for PeerService {
                 });
                 Direct::Taken
             }
-            request @ (PeerRequest::Update { .. }
-            | PeerRequest::Replicate { .. }
-            | PeerRequest::Hint { .. }
-            | PeerRequest::TreeRoots { .. }
-            | PeerRequest::TreeHashes { .. }
-            | PeerRequest::LeafDigests { .. }
-            | PeerRequest::StreamRange { .. }
-            | PeerRequest::Store { .. }
-            | PeerRequest::Read { .. }) => {
+            request if request.is_replica_work() => {
                 let node = self.node.clone();
                 // A panic in the job drops `reply`: the caller times out, as it
                 // would waiting for a node that died.

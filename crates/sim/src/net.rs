@@ -442,15 +442,9 @@ pub async fn dispatch(target: &SimNode, request: PeerRequest, canary: Canary) ->
                 Err(error) => internal(format!("sync failed: {error}")),
             }
         }
-        request @ (PeerRequest::Update { .. }
-        | PeerRequest::Replicate { .. }
-        | PeerRequest::Hint { .. }
-        | PeerRequest::TreeRoots { .. }
-        | PeerRequest::TreeHashes { .. }
-        | PeerRequest::LeafDigests { .. }
-        | PeerRequest::StreamRange { .. }
-        | PeerRequest::Store { .. }
-        | PeerRequest::Read { .. }) => {
+        // Every other request is replica work (`PeerRequest::is_replica_work`).
+        request => {
+            debug_assert!(request.is_replica_work());
             let hint = match &request {
                 PeerRequest::Hint {
                     target,
