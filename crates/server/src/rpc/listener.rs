@@ -270,7 +270,11 @@ async fn write_answers(
     close: CancellationToken,
 ) {
     while let Some(Some(first)) = close.run_until_cancelled(answers.recv()).await {
-        // Answers ready meanwhile go out in the same write (one syscall for many).
+        // Answers ready meanwhile go out in the same write (one syscall for many);
+        // with none queued yet, the ready tasks run first (see `driver::run`).
+        if answers.is_empty() {
+            tokio::task::yield_now().await;
+        }
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(Answer { id, response, .. }) = next.take() {
