@@ -127,8 +127,9 @@ impl PeerHandler for PeerService {
             }
             request if request.is_replica_work() => {
                 let node = self.node.clone();
-                // A panic in the job drops `reply`: the caller times out, as it
-                // would waiting for a node that died.
+                // A panic in the job drops `reply` unanswered: a remote caller times
+                // out, as it would waiting for a node that died; a local one sees
+                // its channel close.
                 self.storage.submit(move || {
                     let done = node.handle_replica(request);
                     let response = done.response;
