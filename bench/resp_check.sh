@@ -22,6 +22,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 ringkv="target/debug/ringkv"
 python="python3"
@@ -39,7 +41,6 @@ done
 readonly http_port=19080 resp_port=19380 peer_port=19180
 readonly health_timeout_s=60 stop_grace_s=20 bench_timeout_s=300
 
-die() { echo "error: $*" >&2; exit 1; }
 command -v redis-cli >/dev/null || die "redis-cli is missing (apt-get install redis-tools)"
 command -v redis-benchmark >/dev/null || die "redis-benchmark is missing (apt-get install redis-tools)"
 command -v curl >/dev/null || die "curl is missing"
@@ -50,26 +51,14 @@ command -v curl >/dev/null || die "curl is missing"
 work="$(mktemp -d)"
 dev_pid=""
 
-stop_pid() {
-    local pid="$1" i
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < stop_grace_s * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
     local status=$?
     set +e
     if [[ -n "$dev_pid" ]]; then
         local nodes pid
         nodes="$(ps -o pid= --ppid "$dev_pid" 2>/dev/null | tr -d ' ' || true)"
-        stop_pid "$dev_pid"
-        for pid in $nodes; do stop_pid "$pid"; done
+        stop_pid "$dev_pid" "ringkv dev"
+        for pid in $nodes; do stop_pid "$pid" "ringkv node"; done
     fi
     if ((status != 0)) && [[ -s "$work/dev.log" ]]; then
         echo "--- last lines of the cluster log" >&2
@@ -82,7 +71,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for node in 0 1 2; do
     for port in $((http_port + node)) $((resp_port + node)) $((peer_port + node)); do
         port_open "$port" && die "port $port on 127.0.0.1 is in use; stop what uses it first"
