@@ -1,10 +1,11 @@
 //! `ringkv dev`: a local cluster of real node processes on 127.0.0.1, for trying
 //! ringkv out. Node i (0-based) listens on each base port + i and keeps its data in
 //! `DATA_DIR/node-i`, which survives restarts. Ctrl-C (or SIGTERM) stops every node
-//! gracefully.
+//! gracefully, also while the cluster is still starting.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -15,6 +16,34 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 const MAX_NODES: u16 = 16;
 /// How long one node may take to join and serve.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the start-up and watch loops look at the nodes and for a stop request.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Set by SIGTERM and SIGINT once `catch_stop_signals` ran.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+fn stop_requested() -> bool {
+    STOP_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// From here on SIGTERM and SIGINT only set `STOP_REQUESTED`. Installed before the
+/// first node starts: a signal that killed `ringkv dev` itself would leave its nodes
+/// running, holding the ports.
+fn catch_stop_signals() -> anyhow::Result<()> {
+    let handler = request_stop as extern "C" fn(libc::c_int);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let previous = unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+        if previous == libc::SIG_ERR {
+            bail!("cannot catch signal {signal}");
+        }
+    }
+    Ok(())
+}
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -42,9 +71,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         bail!("--nodes must be 1..={MAX_NODES}, got {}", args.nodes);
     }
     let exe = std::env::current_exe().context("cannot find the ringkv executable")?;
+    catch_stop_signals()?;
     let seed = format!("127.0.0.1:{}", args.peer_port);
     let mut children: Vec<(u16, Child)> = Vec::new();
     for index in 0..args.nodes {
+        if stop_requested() {
+            stop_all(&mut children);
+            return Ok(ExitCode::SUCCESS);
+        }
         let http = format!("127.0.0.1:{}", port(args.http_port, index, "http-port")?);
         let resp = format!("127.0.0.1:{}", port(args.resp_port, index, "resp-port")?);
         let peer = format!("127.0.0.1:{}", port(args.peer_port, index, "peer-port")?);
@@ -77,6 +111,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         // joins, so nodes joining together would split the same ranges.
         if let Err(error) = wait_until_serving(&http, &mut children) {
             stop_all(&mut children);
+            if stop_requested() {
+                return Ok(ExitCode::SUCCESS);
+            }
             return Err(error.context(format!("node {index} did not start")));
         }
         println!(
@@ -93,13 +130,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.http_port
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(watch(&mut children));
+    let outcome = watch(&mut children);
     stop_all(&mut children);
-    outcome
+    Ok(outcome)
 }
 
 /// Waits (at most `START_TIMEOUT`) until `http` answers `GET /health` with 200: a
@@ -108,6 +141,9 @@ fn wait_until_serving(http: &str, children: &mut [(u16, Child)]) -> anyhow::Resu
     let addr: std::net::SocketAddr = http.parse().context("bad http address")?;
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
+        if stop_requested() {
+            bail!("stop requested");
+        }
         if health_ok(addr) {
             return Ok(());
         }
@@ -116,7 +152,7 @@ fn wait_until_serving(http: &str, children: &mut [(u16, Child)]) -> anyhow::Resu
         {
             bail!("it exited ({status})");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
     }
     bail!("not serving on {http} after {START_TIMEOUT:?}")
 }
@@ -140,24 +176,18 @@ fn health_ok(addr: std::net::SocketAddr) -> bool {
 }
 
 /// Waits for Ctrl-C / SIGTERM, or for a node to exit on its own (an error).
-async fn watch(children: &mut [(u16, Child)]) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+fn watch(children: &mut [(u16, Child)]) -> ExitCode {
     loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(ExitCode::SUCCESS),
-            _ = int.recv() => return Ok(ExitCode::SUCCESS),
-            _ = tick.tick() => {
-                for (index, child) in children.iter_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        eprintln!("node {index} exited ({status}); stopping the others");
-                        return Ok(ExitCode::FAILURE);
-                    }
-                }
+        if stop_requested() {
+            return ExitCode::SUCCESS;
+        }
+        for (index, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("node {index} exited ({status}); stopping the others");
+                return ExitCode::FAILURE;
             }
         }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -174,7 +204,7 @@ fn stop_all(children: &mut [(u16, Child)]) {
     let deadline = Instant::now() + STOP_GRACE;
     for (index, child) in children.iter_mut() {
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(POLL);
         }
         if matches!(child.try_wait(), Ok(None)) {
             eprintln!("node {index} did not stop within {STOP_GRACE:?}; killing it");
