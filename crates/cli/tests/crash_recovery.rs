@@ -171,3 +171,54 @@ fn print_config_and_bad_config() {
     let text = String::from_utf8(output.stderr).unwrap();
     assert!(text.contains("durability"), "{text}");
 }
+
+/// A node that cannot start says why, naming the cause once: a config file that is
+/// not TOML, a port in use, a data directory another node holds.
+#[test]
+fn start_errors_name_their_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_of = |command: &mut Command| {
+        let output = command.env("RUST_LOG", "error").output().unwrap();
+        assert!(!output.status.success(), "start-up must fail");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let once = |text: &str, needle: &str| {
+        assert_eq!(
+            text.matches(needle).count(),
+            1,
+            "{needle:?} once in: {text}"
+        );
+    };
+
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "replication_factor = = 3\n").unwrap();
+    let text = stderr_of(
+        Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args(["server", "--config"])
+            .arg(&config),
+    );
+    once(&text, "is not valid TOML");
+    once(&text, "line 1");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let text = stderr_of(
+        NodeProcess::command(
+            1,
+            "127.0.0.1",
+            &dir.path().join("port"),
+            &["--http-addr", &taken_addr],
+        )
+        .stdout(std::process::Stdio::null()),
+    );
+    once(&text, &format!("cannot listen on {taken_addr} (http_addr)"));
+    once(&text, "in use");
+
+    let (_first, _) = start_node(&dir.path().join("held"));
+    let text = stderr_of(
+        NodeProcess::command(2, "127.0.0.1", &dir.path().join("held"), &[])
+            .stdout(std::process::Stdio::null()),
+    );
+    once(&text, "cannot open storage in");
+    once(&text, "in use by another ringkv process");
+}

@@ -219,20 +219,20 @@ impl fmt::Display for Origin {
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
     /// The `--config` / `RINGKV_CONFIG` file could not be read.
-    #[error("cannot read config file {}: {source}", .path.display())]
+    #[error("cannot read config file {}: {error}", .path.display())]
     ReadFile {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source`: printed once).
+        error: std::io::Error,
     },
     /// The config file is not valid TOML.
-    #[error("config file {} is not valid TOML: {source}", .path.display())]
+    #[error("config file {} is not valid TOML: {error}", .path.display())]
     ParseFile {
         /// The file.
         path: PathBuf,
         /// The parse error, with line and column (boxed: it is large).
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// The config file has a key ringkv does not know, probably a typo.
     #[error("unknown key `{key}` in config file {}{}", .path.display(),
@@ -446,13 +446,13 @@ impl Sources<'_> {
 fn read_file(path: PathBuf) -> Result<(PathBuf, toml::Table), ConfigError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(source) => return Err(ConfigError::ReadFile { path, source }),
+        Err(error) => return Err(ConfigError::ReadFile { path, error }),
     };
     let table: toml::Table = match toml::from_str(&text) {
         Ok(table) => table,
-        Err(source) => {
-            let source = Box::new(source);
-            return Err(ConfigError::ParseFile { path, source });
+        Err(error) => {
+            let error = Box::new(error);
+            return Err(ConfigError::ParseFile { path, error });
         }
     };
     if let Some(key) = table.keys().find(|key| !KEYS.contains(&key.as_str())) {

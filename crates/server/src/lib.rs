@@ -54,20 +54,22 @@ pub use config::Config;
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open storage in {path}: {source}")]
+    // The causes below are in the message and not `source`s, so a report that
+    // prints the chain (`{:#}`) says them once.
+    #[error("cannot open storage in {path}: {error}")]
     Storage {
         path: String,
-        source: ringkv_storage::StorageError,
+        error: ringkv_storage::StorageError,
     },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Alive(#[from] alive::AliveError),
-    #[error("cannot listen on {addr} ({name}): {source}")]
+    #[error("cannot listen on {addr} ({name}): {error}")]
     Bind {
         name: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "cannot join the cluster through {seeds}: {reason}; check the seeds, the cluster_secret and that a seed is running"
@@ -151,47 +153,50 @@ impl Server {
             .map_err(|error| StartError::Task(error.to_string()))??;
         }
         let me = NodeId(identity.node_id);
-        let peer_listener = TcpListener::bind(config.peer_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: "peer_addr",
-                addr: config.peer_addr,
-                source,
-            })?;
+        let peer_listener =
+            TcpListener::bind(config.peer_addr)
+                .await
+                .map_err(|error| StartError::Bind {
+                    name: "peer_addr",
+                    addr: config.peer_addr,
+                    error,
+                })?;
         let peer_addr = peer_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 name: "peer_addr",
                 addr: config.peer_addr,
-                source,
+                error,
             })?;
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: "http_addr",
-                addr: config.http_addr,
-                source,
-            })?;
+        let http_listener =
+            TcpListener::bind(config.http_addr)
+                .await
+                .map_err(|error| StartError::Bind {
+                    name: "http_addr",
+                    addr: config.http_addr,
+                    error,
+                })?;
         let http_addr = http_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 name: "http_addr",
                 addr: config.http_addr,
-                source,
+                error,
             })?;
-        let resp_listener = TcpListener::bind(config.resp_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: "resp_addr",
-                addr: config.resp_addr,
-                source,
-            })?;
+        let resp_listener =
+            TcpListener::bind(config.resp_addr)
+                .await
+                .map_err(|error| StartError::Bind {
+                    name: "resp_addr",
+                    addr: config.resp_addr,
+                    error,
+                })?;
         let resp_addr = resp_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 name: "resp_addr",
                 addr: config.resp_addr,
-                source,
+                error,
             })?;
 
         let node = Arc::new(
@@ -708,14 +713,14 @@ async fn open_engine(config: &Config) -> Result<Arc<FjallEngine>, StartError> {
     let engine = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&data_dir).map_err(|error| StartError::Storage {
             path: data_dir.display().to_string(),
-            source: ringkv_storage::StorageError::Open {
+            error: ringkv_storage::StorageError::Open {
                 path: data_dir.clone(),
                 reason: error.to_string(),
             },
         })?;
-        FjallEngine::open(&data_dir, options).map_err(|source| StartError::Storage {
+        FjallEngine::open(&data_dir, options).map_err(|error| StartError::Storage {
             path: data_dir.display().to_string(),
-            source,
+            error,
         })
     })
     .await
