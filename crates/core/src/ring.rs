@@ -341,6 +341,28 @@ impl Ring {
         arcs
     }
 
+    /// The tokens `node` replicates (as one of the first `n`) on this ring but not on
+    /// `next`: where the copies a change gave away are. Sorted, merged where
+    /// adjacent; empty when `node` keeps everything it had (as in any cluster of at
+    /// most `n` nodes).
+    pub fn moved_away(&self, next: &Ring, node: NodeId, n: usize) -> Vec<TokenRange> {
+        let mut moved: Vec<TokenRange> = Vec::new();
+        for range in self.ranges(node, n) {
+            for (piece, replicas) in next.pieces(range, n) {
+                if replicas.contains(&node) {
+                    continue;
+                }
+                match moved.last_mut() {
+                    Some(last) if last.end.0.checked_add(1) == Some(piece.start.0) => {
+                        last.end = piece.end;
+                    }
+                    _ => moved.push(piece),
+                }
+            }
+        }
+        moved
+    }
+
     /// `range` cut where this ring's vnode arcs end, each piece with its first `n`
     /// replicas here: how a range of another ring (the next one, during a join or a
     /// leave) maps onto this one. Empty for an empty ring.

@@ -103,7 +103,10 @@ impl Topology {
         self.cleaned(dropped)
     }
 
-    /// One ended change's cleanup: every range of `old` this node replicated.
+    /// One ended change's cleanup: the ranges this node replicated on `old` and no
+    /// longer does on `new` (`Ring::moved_away`; nothing to read when it kept all it
+    /// had, as in a cluster of at most N nodes: a scan of everything it holds, on the
+    /// storage threads, stalled writes for tens of ms after every join).
     async fn clean_change(
         &self,
         old: &Arc<ringkv_core::ring::Ring>,
@@ -114,7 +117,7 @@ impl Topology {
         let me = self.membership.me();
         let mut dropped = 0;
         let mut unfinished = false;
-        for range in old.ranges(me, n) {
+        for range in old.moved_away(new, me, n) {
             let mut after: Option<Key> = None;
             loop {
                 let (node, membership, ring) =

@@ -449,6 +449,40 @@ proptest! {
         }
     }
 
+    /// `moved_away` holds exactly the tokens `node` replicates on the old ring and not
+    /// on the next, probed at random and at every edge of its ranges and of both
+    /// rings' arcs; its ranges are sorted, apart and merged where adjacent.
+    #[test]
+    fn moved_away_is_what_the_old_ring_gave_the_node_and_the_next_did_not(
+        old in small_rings(),
+        next in small_rings(),
+        n in 1usize..5,
+        pick in any::<prop::sample::Index>(),
+        probes in prop::collection::vec(any::<u128>(), 32),
+    ) {
+        let nodes: Vec<NodeId> = old.nodes().collect();
+        prop_assume!(!nodes.is_empty());
+        let node = nodes[pick.index(nodes.len())];
+        let moved = old.moved_away(&next, node, n);
+        for pair in moved.windows(2) {
+            prop_assert!(pair[0].end.0.checked_add(1).is_some_and(|after| after < pair[1].start.0));
+        }
+        let replicates = |ring: &Ring, token: Token| {
+            ring.preference_list(token, n).replicas().contains(&node)
+        };
+        let mut tokens: Vec<u128> = probes;
+        for range in moved.iter().chain(old.ranges(node, n).iter()).chain(next.ranges(node, n).iter()) {
+            for edge in [range.start.0, range.end.0] {
+                tokens.extend([edge.saturating_sub(1), edge, edge.saturating_add(1)]);
+            }
+        }
+        for token in tokens.into_iter().map(Token) {
+            let expected = replicates(&old, token) && !replicates(&next, token);
+            let found = moved.iter().any(|range| range.contains(token));
+            prop_assert_eq!(found, expected, "token {}", token);
+        }
+    }
+
     /// Any ring, any weights: the tokens are as many as asked, sorted, new, and the
     /// same for the same inputs.
     #[test]
