@@ -79,6 +79,18 @@ pub enum StartError {
     Task(String),
 }
 
+/// Binds `addr` (config key `name`): the listener and the address it got (the OS
+/// picks the port for port 0).
+async fn listen(
+    name: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let failed = |error| StartError::Bind { name, addr, error };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
+}
+
 /// The wall clock, for production.
 struct SystemClock;
 
@@ -153,51 +165,9 @@ impl Server {
             .map_err(|error| StartError::Task(error.to_string()))??;
         }
         let me = NodeId(identity.node_id);
-        let peer_listener =
-            TcpListener::bind(config.peer_addr)
-                .await
-                .map_err(|error| StartError::Bind {
-                    name: "peer_addr",
-                    addr: config.peer_addr,
-                    error,
-                })?;
-        let peer_addr = peer_listener
-            .local_addr()
-            .map_err(|error| StartError::Bind {
-                name: "peer_addr",
-                addr: config.peer_addr,
-                error,
-            })?;
-        let http_listener =
-            TcpListener::bind(config.http_addr)
-                .await
-                .map_err(|error| StartError::Bind {
-                    name: "http_addr",
-                    addr: config.http_addr,
-                    error,
-                })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|error| StartError::Bind {
-                name: "http_addr",
-                addr: config.http_addr,
-                error,
-            })?;
-        let resp_listener =
-            TcpListener::bind(config.resp_addr)
-                .await
-                .map_err(|error| StartError::Bind {
-                    name: "resp_addr",
-                    addr: config.resp_addr,
-                    error,
-                })?;
-        let resp_addr = resp_listener
-            .local_addr()
-            .map_err(|error| StartError::Bind {
-                name: "resp_addr",
-                addr: config.resp_addr,
-                error,
-            })?;
+        let (peer_listener, peer_addr) = listen("peer_addr", config.peer_addr).await?;
+        let (http_listener, http_addr) = listen("http_addr", config.http_addr).await?;
+        let (resp_listener, resp_addr) = listen("resp_addr", config.resp_addr).await?;
 
         let node = Arc::new(
             Node::new(
