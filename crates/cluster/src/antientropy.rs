@@ -34,7 +34,7 @@ use crate::gather::{Borrowed, join_all};
 use crate::membership::{Liveness, Membership};
 use crate::node::Node;
 use crate::tombstone::Collector;
-use crate::transport::{Peer, Spawn, Transport, offload_long};
+use crate::transport::{Peer, Spawn, Transport, offload};
 
 mod descent;
 mod key_sync;
@@ -258,7 +258,7 @@ impl AntiEntropy {
         if self.node.tree_arcs() != ranges {
             let node = self.node.clone();
             let rebuild = ranges.clone();
-            match offload_long(self.spawner.as_ref(), move || node.rebuild_trees(rebuild)).await {
+            match offload(self.spawner.as_ref(), move || node.rebuild_trees(rebuild)).await {
                 Some(Ok(())) => tracing::debug!(arcs = ranges.len(), "anti-entropy trees rebuilt"),
                 Some(Err(error)) => tracing::warn!("cannot rebuild anti-entropy trees: {error}"),
                 None => return,

@@ -89,15 +89,6 @@ pub trait Spawn: Send + Sync + 'static {
         Box::pin(std::future::ready(()))
     }
 
-    /// Runs a long storage scan that nothing waits on urgently (rebuilding the
-    /// Merkle trees reads every record of the arcs) away from the threads of
-    /// `blocking`, which serve writes: on one of them it held every write of the
-    /// node up for the whole scan (about 100 ms per 30,000 records). The default is
-    /// `blocking`.
-    fn blocking_long(&self, job: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()> {
-        self.blocking(job)
-    }
-
     /// Resolves after `duration` (throttles). The default does not wait: right for
     /// tests that never throttle.
     fn sleep(&self, _duration: Duration) -> BoxFuture<()> {
@@ -111,31 +102,13 @@ pub async fn offload<T: Send + 'static>(
     spawn: &dyn Spawn,
     job: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    let (job, slot) = filling(job);
-    spawn.blocking(job).await;
-    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
-}
-
-/// `offload` through `spawn.blocking_long`, for long scans.
-pub async fn offload_long<T: Send + 'static>(
-    spawn: &dyn Spawn,
-    job: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (job, slot) = filling(job);
-    spawn.blocking_long(job).await;
-    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
-}
-
-/// `job` as a boxed closure that leaves its result in the returned slot.
-#[allow(clippy::type_complexity)]
-fn filling<T: Send + 'static>(
-    job: impl FnOnce() -> T + Send + 'static,
-) -> (Box<dyn FnOnce() + Send + 'static>, Arc<Mutex<Option<T>>>) {
     let slot = Arc::new(Mutex::new(None));
     let filled = slot.clone();
-    let job = Box::new(move || {
-        let result = job();
-        *filled.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-    });
-    (job, slot)
+    spawn
+        .blocking(Box::new(move || {
+            let result = job();
+            *filled.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        }))
+        .await;
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }

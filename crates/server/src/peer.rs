@@ -34,27 +34,6 @@ impl Spawn for TokioSpawn {
             storage.run(job).await;
         })
     }
-
-    /// A thread of its own per scan (they are rare: a tree rebuild after a start or
-    /// a ring change), not joined at shutdown, as the storage threads are not.
-    fn blocking_long(&self, job: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()> {
-        let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        let started = std::thread::Builder::new()
-            .name("ringkv-scan".into())
-            .spawn(move || {
-                job();
-                let _ = done.send(());
-            });
-        Box::pin(async move {
-            match started {
-                // A job that panicked drops `done`: the caller sees no result.
-                Ok(_) => {
-                    let _ = finished.await;
-                }
-                Err(error) => tracing::warn!("cannot start a scan thread: {error}"),
-            }
-        })
-    }
 }
 
 /// A transport that reaches nobody, for membership news that arrives while this node
@@ -214,50 +193,5 @@ impl PeerService {
             // `handle_direct` takes every other request.
             _ => Box::pin(async move { internal("replica request on the async path") }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ringkv_cluster::transport::{offload, offload_long};
-
-    /// Long scans run on a thread of their own, not on the storage threads that
-    /// serve writes; a scan that panics is a missing result, not a hang.
-    #[tokio::test]
-    async fn long_scans_run_beside_the_storage_threads() {
-        let spawn = Arc::new(TokioSpawn {
-            storage: crate::blocking::BlockingPool::new("test-storage", 1),
-        });
-        let thread_name = || std::thread::current().name().map(str::to_string);
-        let on_storage = offload(spawn.as_ref(), thread_name).await.flatten();
-        assert_eq!(on_storage.as_deref(), Some("test-storage-0"));
-        let on_scan = offload_long(spawn.as_ref(), thread_name).await.flatten();
-        assert_eq!(on_scan.as_deref(), Some("ringkv-scan"));
-
-        // The storage thread stays free while a scan runs.
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        let (started, scan_started) = tokio::sync::oneshot::channel::<()>();
-        let scanning = spawn.clone();
-        let scan = tokio::spawn(async move {
-            offload_long(scanning.as_ref(), move || {
-                let _ = started.send(());
-                wait.recv().is_ok()
-            })
-            .await
-        });
-        scan_started.await.expect("the scan starts");
-        let beside = offload(spawn.as_ref(), || 7);
-        let beside = tokio::time::timeout(std::time::Duration::from_secs(10), beside).await;
-        assert_eq!(
-            beside.ok().flatten(),
-            Some(7),
-            "a storage job runs during a scan"
-        );
-        release.send(()).expect("the scan waits");
-        assert_eq!(scan.await.expect("no panic"), Some(true));
-
-        let panicked: Option<()> = offload_long(spawn.as_ref(), || panic!("scan fails")).await;
-        assert_eq!(panicked, None);
     }
 }
