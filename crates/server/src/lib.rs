@@ -558,7 +558,7 @@ impl Server {
             replication_factor: config.replication_factor,
             read_quorum: config.read_quorum,
             write_quorum: config.write_quorum,
-            metrics: metrics.clone(),
+            metrics,
             anti_entropy,
             topology,
             purge,
@@ -587,18 +587,6 @@ impl Server {
                 }
             })
         };
-        {
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tick.tick() => metrics.run_upkeep(),
-                    }
-                }
-            });
-        }
         tracing::info!(node_id = identity.node_id, %http_addr, %resp_addr, %peer_addr, generation, "ringkv node serving");
         Ok(Server {
             node_id: identity.node_id,
