@@ -6,8 +6,9 @@
 //! metrics (`metrics`), the node's identity (`identity`: ids, generation, ring
 //! tokens), when it was last alive (`alive`: a node away longer than the tombstone
 //! GC grace refuses to start over its old data), the loops of gossip, hinted
-//! handoff, anti-entropy and the purge sweep (`background`), and start-up, joining
-//! and graceful shutdown (`Server`). It is not: node logic
+//! handoff, anti-entropy and the purge sweep (`background`), the steps of start-up
+//! (`start`: storage, listeners, meeting the seeds, the join decision,
+//! `StartError`), and the wiring of it all with graceful shutdown (`Server`). It is not: node logic
 //! (that is `ringkv-cluster`) or storage (`ringkv-storage`); handlers only parse,
 //! call the node off the async runtime, and answer.
 //!
@@ -29,6 +30,7 @@ pub mod peer;
 pub mod request;
 pub mod resp;
 pub mod rpc;
+mod start;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -41,55 +43,14 @@ use ringkv_cluster::membership::{Detector, Membership};
 use ringkv_cluster::purge::Purge;
 use ringkv_cluster::tombstone::{Collector, TombstoneGc};
 use ringkv_cluster::topology::{Topology, TopologySettings};
-use ringkv_cluster::{Clock, Node, Peer, Spawn, TransportError};
-use ringkv_core::ring::allocate_tokens;
+use ringkv_cluster::{Clock, Node, Peer, Spawn};
 use ringkv_core::{Limits, Member, MemberState, NodeId};
-use ringkv_storage::{Engine, FjallEngine, FjallOptions};
-use tokio::net::TcpListener;
+use ringkv_storage::{Engine, FjallEngine};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    // The causes below are in the message and not `source`s, so a report that
-    // prints the chain (`{:#}`) says them once.
-    #[error("cannot open storage in {path}: {error}")]
-    Storage {
-        path: String,
-        error: ringkv_storage::StorageError,
-    },
-    #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
-    #[error(transparent)]
-    Alive(#[from] alive::AliveError),
-    #[error("cannot listen on {addr} ({name}): {error}")]
-    Bind {
-        name: &'static str,
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
-    #[error(
-        "cannot join the cluster through {seeds}: {reason}; check the seeds, the cluster_secret and that a seed is running"
-    )]
-    Join { seeds: String, reason: String },
-    #[error("start-up task failed: {0}")]
-    Task(String),
-}
-
-/// Binds `addr` (config key `name`): the listener and the address it got (the OS
-/// picks the port for port 0).
-async fn listen(
-    name: &'static str,
-    addr: SocketAddr,
-) -> Result<(TcpListener, SocketAddr), StartError> {
-    let failed = |error| StartError::Bind { name, addr, error };
-    let listener = TcpListener::bind(addr).await.map_err(failed)?;
-    let bound = listener.local_addr().map_err(failed)?;
-    Ok((listener, bound))
-}
+pub use start::StartError;
 
 /// The wall clock, for production.
 struct SystemClock;
@@ -123,10 +84,6 @@ pub struct Server {
     engine: Arc<FjallEngine>,
 }
 
-/// How long a joining node keeps trying to reach a seed before it gives up.
-const JOIN_ATTEMPTS: u32 = 60;
-const JOIN_RETRY: Duration = Duration::from_millis(500);
-
 impl Server {
     /// Opens storage, loads the node's identity, joins the cluster (through `seeds`)
     /// and starts serving.
@@ -135,24 +92,23 @@ impl Server {
     /// Storage that cannot be opened, an identity mismatch, an address in use, no
     /// seed reachable on first join.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let engine = open_engine(&config).await?;
+        let engine = start::open_engine(&config).await?;
         let (identity, generation, stored_tokens, was_joining) = {
             let engine = engine.clone();
             let configured = config.node_id;
-            tokio::task::spawn_blocking(move || -> Result<_, identity::IdentityError> {
+            start::blocking(move || -> Result<_, identity::IdentityError> {
                 let identity = identity::load(engine.as_ref(), configured)?;
                 let generation = identity::next_generation(engine.as_ref())?;
                 let tokens = identity::stored_tokens(engine.as_ref())?;
                 let joining = identity::is_joining(engine.as_ref())?;
                 Ok((identity, generation, tokens, joining))
             })
-            .await
-            .map_err(|error| StartError::Task(error.to_string()))??
+            .await??
         };
         {
             let (engine, dir) = (engine.clone(), config.data_dir.clone());
             let (grace_ms, node_id) = (config.tombstone_gc_grace_ms, identity.node_id);
-            tokio::task::spawn_blocking(move || {
+            start::blocking(move || {
                 alive::check_and_stamp(
                     engine.as_ref(),
                     SystemClock.now_ms(),
@@ -161,13 +117,12 @@ impl Server {
                     &dir,
                 )
             })
-            .await
-            .map_err(|error| StartError::Task(error.to_string()))??;
+            .await??;
         }
         let me = NodeId(identity.node_id);
-        let (peer_listener, peer_addr) = listen("peer_addr", config.peer_addr).await?;
-        let (http_listener, http_addr) = listen("http_addr", config.http_addr).await?;
-        let (resp_listener, resp_addr) = listen("resp_addr", config.resp_addr).await?;
+        let (peer_listener, peer_addr) = start::listen("peer_addr", config.peer_addr).await?;
+        let (http_listener, http_addr) = start::listen("http_addr", config.http_addr).await?;
+        let (resp_listener, resp_addr) = start::listen("resp_addr", config.resp_addr).await?;
 
         let node = Arc::new(
             Node::new(
@@ -180,9 +135,8 @@ impl Server {
         );
         {
             let node = node.clone();
-            tokio::task::spawn_blocking(move || node.restore_dot_floor())
-                .await
-                .map_err(|error| StartError::Task(error.to_string()))?
+            start::blocking(move || node.restore_dot_floor())
+                .await?
                 .map_err(|error| StartError::Task(format!("cannot load the dot floor: {error}")))?;
         }
         let mut member = Member {
@@ -209,12 +163,9 @@ impl Server {
         // removal: the removed node, back, must hear it rather than serve).
         let departed = {
             let engine = engine.clone();
-            tokio::task::spawn_blocking(move || {
-                ringkv_cluster::node::saved_left_members(engine.as_ref())
-            })
-            .await
-            .map_err(|error| StartError::Task(error.to_string()))?
-            .map_err(|error| StartError::Task(error.to_string()))?
+            start::blocking(move || ringkv_cluster::node::saved_left_members(engine.as_ref()))
+                .await?
+                .map_err(|error| StartError::Task(error.to_string()))?
         };
         membership.merge(departed.into_iter().filter(|m| m.id != me).collect());
         // Few threads drain replica work in batches; see `blocking` (measured: on two
@@ -265,28 +216,12 @@ impl Server {
             .collect();
         let first_join = stored_tokens.is_none();
         if !seeds.is_empty() {
-            let attempts = if first_join { JOIN_ATTEMPTS } else { 2 };
-            let mut joined = false;
-            let mut last_error = None;
-            for _ in 0..attempts {
-                let mut refused = 0;
-                for seed in &seeds {
-                    match membership.exchange(transport.as_ref(), seed, timeout).await {
-                        Ok(()) => joined = true,
-                        Err(error) => {
-                            refused +=
-                                usize::from(matches!(error, TransportError::Protocol { .. }));
-                            last_error = Some(error);
-                        }
-                    }
-                }
-                // A refusal (wrong secret, other protocol) will not change by waiting.
-                if joined || refused == seeds.len() {
-                    break;
-                }
-                tokio::time::sleep(JOIN_RETRY).await;
-            }
-            if !joined && first_join {
+            let met =
+                start::meet_seeds(&membership, transport.as_ref(), &seeds, first_join, timeout)
+                    .await;
+            if let Err(last_error) = met
+                && first_join
+            {
                 shutdown.cancel();
                 return Err(StartError::Join {
                     seeds: config.seeds.join(", "),
@@ -304,47 +239,31 @@ impl Server {
         {
             member.generation = old.generation + 1;
             let (engine, generation) = (engine.clone(), member.generation);
-            tokio::task::spawn_blocking(move || {
-                identity::store_generation(engine.as_ref(), generation)
-            })
-            .await
-            .map_err(|error| StartError::Task(error.to_string()))??;
+            start::blocking(move || identity::store_generation(engine.as_ref(), generation))
+                .await??;
         }
-        // The cluster took this node out (decommissioned, or removed as dead): it
-        // joins again, streaming before it serves reads.
         let saved_state = {
             let node = node.clone();
-            tokio::task::spawn_blocking(move || node.saved_member_state())
-                .await
-                .map_err(|error| StartError::Task(error.to_string()))?
+            start::blocking(move || node.saved_member_state())
+                .await?
                 .map_err(|error| StartError::Task(error.to_string()))?
         };
-        let was_removed = saved_state == Some(MemberState::Left)
-            || reported
-                .as_ref()
-                .is_some_and(|old| old.state == MemberState::Left);
-        let adopted = reported.filter(|old| {
-            first_join
-                && old.state.in_current_ring()
-                && !old.tokens.is_empty()
-                && old.tokens.len() == usize::from(config.vnodes)
+        let start::Plan {
+            joins,
+            resumes,
+            adopted,
+        } = start::plan(start::Facts {
+            reported,
+            saved_state,
+            was_joining,
+            first_join,
+            has_seeds: !seeds.is_empty(),
+            others: membership
+                .members()
+                .iter()
+                .any(|m| m.id != me && m.state != MemberState::Left),
+            vnodes: config.vnodes,
         });
-        let others = membership
-            .members()
-            .iter()
-            .any(|m| m.id != me && m.state != MemberState::Left);
-        // A join interrupted after its streaming (`Joined`, or `Normal` just before
-        // the marker was cleared) resumes from there: streaming again would take
-        // the node back to `Joining`, out of the reads some members already send it.
-        let streamed = matches!(saved_state, Some(MemberState::Joined | MemberState::Normal));
-        // (The state is recorded before the marker: either says a join began.)
-        let began_joining = was_joining || saved_state == Some(MemberState::Joining);
-        let joins = !seeds.is_empty()
-            && others
-            && ((began_joining && !streamed) || was_removed || (first_join && adopted.is_none()));
-        // A change in its second phase (data moved, the news spreading) ends.
-        let resumes = saved_state
-            .filter(|state| !joins && matches!(state, MemberState::Joined | MemberState::Drained));
         if let Some(old) = adopted {
             tracing::warn!(
                 generation = member.generation,
@@ -353,38 +272,22 @@ impl Server {
             member.tokens = old.tokens;
             let engine = engine.clone();
             let tokens = member.tokens.clone();
-            tokio::task::spawn_blocking(move || identity::store_tokens(engine.as_ref(), &tokens))
-                .await
-                .map_err(|error| StartError::Task(error.to_string()))??;
+            start::blocking(move || identity::store_tokens(engine.as_ref(), &tokens)).await??;
         } else if first_join {
-            // Split the ranges of every member that holds or takes tokens, joining
-            // ones included (two nodes joining at once must not split the same).
-            let holders: Vec<Member> = membership
-                .members()
-                .into_iter()
-                .filter(|m| m.id != me && m.state != MemberState::Left)
-                .collect();
-            let ring =
-                ringkv_core::ring::Ring::new(holders.iter().map(|m| (m.id, m.tokens.clone())));
-            let weights = holders.iter().map(|m| (m.id, m.vnodes)).collect();
-            member.tokens =
-                allocate_tokens(&ring, &weights, me, config.vnodes, identity::random_u64());
+            member.tokens = start::new_tokens(&membership.members(), me, config.vnodes);
             let engine = engine.clone();
             let tokens = member.tokens.clone();
-            tokio::task::spawn_blocking(move || identity::store_tokens(engine.as_ref(), &tokens))
-                .await
-                .map_err(|error| StartError::Task(error.to_string()))??;
+            start::blocking(move || identity::store_tokens(engine.as_ref(), &tokens)).await??;
         }
         if joins {
             member.state = MemberState::Joining;
             let (engine, node) = (engine.clone(), node.clone());
-            tokio::task::spawn_blocking(move || {
+            start::blocking(move || {
                 node.save_member_state(MemberState::Joining)
                     .map_err(|error| StartError::Task(error.to_string()))?;
                 identity::store_joining(engine.as_ref(), true).map_err(StartError::from)
             })
-            .await
-            .map_err(|error| StartError::Task(error.to_string()))??;
+            .await??;
             tracing::info!(
                 "joining the cluster: streaming the ranges this node takes over before it serves them"
             );
@@ -393,24 +296,7 @@ impl Server {
             member.state = state;
         }
         membership.update_me(member);
-        // Tell the seeds and every member learnt from them about this run (its new
-        // generation, its tokens), all at once: each sees it healthy again at once
-        // instead of after a few gossip rounds.
-        let mut announce = JoinSet::new();
-        let others = membership.members().into_iter().filter(|m| m.id != me);
-        let peers = seeds.iter().cloned().chain(others.map(|m| Peer {
-            id: m.id,
-            addr: m.peer_addr,
-        }));
-        for peer in peers {
-            let (membership, transport) = (membership.clone(), transport.clone());
-            announce.spawn(async move {
-                let _ = membership
-                    .exchange(transport.as_ref(), &peer, timeout)
-                    .await;
-            });
-        }
-        announce.join_all().await;
+        start::announce(&membership, &transport, &seeds, me, timeout).await;
 
         let coordinator = Arc::new(Coordinator::new(
             membership.clone(),
@@ -659,31 +545,6 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || engine.close()).await;
         tracing::info!("ringkv node stopped");
     }
-}
-
-async fn open_engine(config: &Config) -> Result<Arc<FjallEngine>, StartError> {
-    let data_dir = config.data_dir.clone();
-    let options = FjallOptions {
-        durability: config.durability,
-        sync_interval: std::time::Duration::from_micros(config.group_commit_interval_us),
-        ..FjallOptions::default()
-    };
-    let engine = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&data_dir).map_err(|error| StartError::Storage {
-            path: data_dir.display().to_string(),
-            error: ringkv_storage::StorageError::Open {
-                path: data_dir.clone(),
-                reason: error.to_string(),
-            },
-        })?;
-        FjallEngine::open(&data_dir, options).map_err(|error| StartError::Storage {
-            path: data_dir.display().to_string(),
-            error,
-        })
-    })
-    .await
-    .map_err(|error| StartError::Task(error.to_string()))??;
-    Ok(Arc::new(engine))
 }
 
 /// Runs a node until SIGTERM or SIGINT, then stops it gracefully.
