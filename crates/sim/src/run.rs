@@ -204,22 +204,21 @@ pub fn run(config: &Config) -> Report {
         None => vec![Vec::new(); crdt_plain.len()],
     };
     let strict_owners = !lock(&sim.core).topology_changed;
-    violations.extend(check::convergence(
-        &world,
-        &keys,
-        &replicas,
-        strict_owners,
-        horizon(),
-        gc_on,
-    ));
-    violations.extend(check::convergence(
-        &world,
-        &crdt_plain,
-        &crdt_replicas,
-        strict_owners,
-        horizon(),
-        gc_on,
-    ));
+    // Every key's replicas agree, the workload's and the CRDT clients' alike.
+    let convergence = |world: &World| {
+        let mut found =
+            check::convergence(world, &keys, &replicas, strict_owners, horizon(), gc_on);
+        found.extend(check::convergence(
+            world,
+            &crdt_plain,
+            &crdt_replicas,
+            strict_owners,
+            horizon(),
+            gc_on,
+        ));
+        found
+    };
+    violations.extend(convergence(&world));
     // The nodes keep gossiping while the final reads run: a failure detector left
     // without heartbeats would call its peers down and the reads would skip them.
     {
@@ -266,22 +265,7 @@ pub fn run(config: &Config) -> Report {
     violations.extend(lock(&reads).drain(..));
 
     // Phase 3: check (convergence again: the final reads must not break it).
-    violations.extend(check::convergence(
-        &world,
-        &keys,
-        &replicas,
-        strict_owners,
-        horizon(),
-        gc_on,
-    ));
-    violations.extend(check::convergence(
-        &world,
-        &crdt_plain,
-        &crdt_replicas,
-        strict_owners,
-        horizon(),
-        gc_on,
-    ));
+    violations.extend(convergence(&world));
     // What the replicas hold (only they count: after a ring change other nodes
     // may keep stale copies, which must not hide a write the replicas lost).
     let merged = merged_records(&world, &keys, &replicas);

@@ -11,7 +11,7 @@ use ringkv_cluster::handoff::{Handoff, HandoffSettings};
 use ringkv_cluster::membership::{Liveness, Membership};
 use ringkv_cluster::purge::Purge;
 use ringkv_cluster::tombstone::Collector;
-use ringkv_cluster::{BoxFuture, Node, Peer, Transport};
+use ringkv_cluster::{BoxFuture, Node, Peer, Spawn, Transport};
 use ringkv_core::wire::PeerRequest;
 use ringkv_core::{ActorId, Member, MemberState, NodeId};
 
@@ -239,14 +239,15 @@ impl World {
         };
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let transport = sim_node.coordinator.transport().clone();
+        let spawn: Arc<dyn Spawn> = Arc::new(SimSpawn {
+            sim: self.sim.clone(),
+            node: index,
+        });
         let handoff = Handoff::new(
             sim_node.node.clone(),
             sim_node.membership.clone(),
             transport.clone(),
-            Arc::new(SimSpawn {
-                sim: self.sim.clone(),
-                node: index,
-            }),
+            spawn.clone(),
             HandoffSettings {
                 hint_ttl_ms: u64::MAX,
                 bytes_per_round: u64::MAX,
@@ -259,10 +260,7 @@ impl World {
             sim_node.node.clone(),
             sim_node.membership.clone(),
             transport.clone(),
-            Arc::new(SimSpawn {
-                sim: self.sim.clone(),
-                node: index,
-            }),
+            spawn.clone(),
             AntiEntropySettings {
                 replication_factor: self.config.replication_factor,
                 bytes_per_sec: u64::MAX,
@@ -274,10 +272,7 @@ impl World {
         }
         let purge = Arc::new(Purge::new(
             sim_node.node.clone(),
-            Arc::new(SimSpawn {
-                sim: self.sim.clone(),
-                node: index,
-            }),
+            spawn.clone(),
             collector,
             PURGE,
         ));
