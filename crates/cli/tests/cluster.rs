@@ -66,7 +66,9 @@ async fn racing_writes_give_siblings_that_a_versioned_write_resolves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_replicas_fail_all_in_bounded_time_but_not_w1() {
-    let cluster = Cluster::start(3, &[]).await;
+    // A short request timeout (the common one is 2 s): the 503 must come within a
+    // bound well above it.
+    let cluster = Cluster::start(3, &["--request-timeout-ms", "500"]).await;
     cluster.signal(1, Signal::Stop);
     cluster.signal(2, Signal::Stop);
     let started = Instant::now();

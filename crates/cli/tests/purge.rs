@@ -37,7 +37,7 @@ async fn total(cluster: &Cluster, pointer: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_deleted_keys_leave_every_replica() {
-    // Floor: hint_ttl 300 ms + 2 × request_timeout (500 ms); settle 1 s.
+    // Floor: hint_ttl 300 ms + 2 × request_timeout (2 s); settle 4 s.
     let cluster = Cluster::start(
         3,
         &[

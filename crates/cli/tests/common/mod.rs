@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Short thresholds for tests (config keys, not sleeps).
-const TEST_FLAGS: &[&str] = &[
-    "--gossip-interval-ms",
-    "100",
-    "--request-timeout-ms",
-    "500",
-    "--vnodes",
-    "64",
+/// Short thresholds for tests (config keys, not sleeps); a test passes its own value
+/// of any of them in `extra`. The request timeout stays generous: a w=3, r=3 or
+/// consistency=all request fails when one replica (a debug build, fsync, a loaded CI
+/// machine) is slower than it, so tests that measure against it set a short one.
+const TEST_FLAGS: &[(&str, &str)] = &[
+    ("--gossip-interval-ms", "100"),
+    ("--request-timeout-ms", "2000"),
+    ("--vnodes", "64"),
 ];
 
 pub enum Signal {
@@ -52,10 +52,14 @@ impl NodeProcess {
                 command.args([flag, &default]);
             }
         }
+        for (flag, value) in TEST_FLAGS {
+            if !extra.contains(flag) {
+                command.args([flag, value]);
+            }
+        }
         command
             .arg("--data-dir")
             .arg(dir)
-            .args(TEST_FLAGS)
             .args(extra)
             .env("RUST_LOG", "warn");
         command
