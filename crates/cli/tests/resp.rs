@@ -249,9 +249,12 @@ async fn redis_commands_work_across_a_three_node_cluster() {
     assert_eq!(first.call(&["PERSIST", "greeting"]), Resp::Int(1));
     assert_eq!(second.call(&["TTL", "greeting"]), Resp::Int(-1));
     assert_eq!(first.call(&["EXPIRE", "missing", "10"]), Resp::Int(0));
-    assert_eq!(first.call(&["SET", "brief", "b", "PX", "300"]), ok());
+    // Long enough that the GET through another node comes well before the expiry on
+    // a loaded machine; the wait then runs from the SET's answer.
+    assert_eq!(first.call(&["SET", "brief", "b", "PX", "2000"]), ok());
+    let set_at = tokio::time::Instant::now();
     assert_eq!(second.call(&["GET", "brief"]), bulk("b"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep_until(set_at + Duration::from_millis(2_100)).await;
     assert_eq!(second.call(&["GET", "brief"]), Resp::Null);
     assert_eq!(second.call(&["TTL", "brief"]), Resp::Int(-2));
 
