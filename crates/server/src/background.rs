@@ -217,7 +217,16 @@ mod tests {
                 .await;
             })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Until three rounds ran (however slow the machine), then shut down.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rounds.lock().unwrap().len() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rounds after 10 s: {:?}",
+                rounds.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         shutdown.cancel();
         task.await.unwrap();
         let seen = rounds.lock().unwrap().clone();
