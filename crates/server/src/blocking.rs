@@ -107,12 +107,20 @@ mod tests {
     async fn a_full_queue_overflows_to_tokio_instead_of_blocking() {
         let pool = BlockingPool::new("test-pool", 1);
         let (release, wait) = std::sync::mpsc::channel::<()>();
-        // Occupy the only thread.
+        let (started, has_started) = oneshot::channel::<()>();
+        // Occupy the only thread, and wait until it is: only then do the calls below
+        // queue behind it.
         let blocker = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.run(move || wait.recv().ok()).await })
+            tokio::spawn(async move {
+                pool.run(move || {
+                    let _ = started.send(());
+                    wait.recv().ok()
+                })
+                .await
+            })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        has_started.await.unwrap();
         // Fill the queue past its capacity: the excess runs on tokio's pool.
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..QUEUE_CAPACITY + 10 {
