@@ -484,6 +484,7 @@ mod tests {
                 group.sync()
             })
             .collect();
+        let opened = Instant::now();
         open.send(()).unwrap();
         first.wait().unwrap();
         for wait in batch {
@@ -493,14 +494,13 @@ mod tests {
         group.sync().wait().unwrap();
         let calls = calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 3, "the gated one, the batch, the one after it");
-        // The syncer paces from the instant it took the batch, a few microseconds
-        // before the persist below stamped `calls[1]`; unpaced, the gap would be
-        // microseconds, so a 5 ms allowance still tells the two apart.
-        let slack = Duration::from_millis(5);
+        // The syncer paces from the instant it took the batch, which it did only
+        // once the gate opened: the next persist cannot start sooner than `interval`
+        // after `opened`. Unpaced, it would start microseconds after the batch's.
         assert!(
-            calls[2] - calls[1] >= interval - slack,
-            "paced by {:?}",
-            calls[2] - calls[1]
+            calls[2] - opened >= interval,
+            "paced by {:?} from the gate's opening",
+            calls[2] - opened
         );
         group.close();
     }
