@@ -308,9 +308,11 @@ async fn rpc_slow_handler_times_out_and_the_connection_stays_usable() {
         let started = tokio::time::Instant::now();
         let fast = transport.call(&node.peer(), read("fast"), LONG).await;
         assert_eq!(fast, Ok(answer("remote", "fast")));
+        // Behind the slow call it would end when that does, ~2.8 s from here.
+        let took = started.elapsed();
         assert!(
-            started.elapsed() < SLOW_FOR,
-            "the fast call waited for the slow one"
+            took < SLOW_FOR / 2,
+            "the fast call waited for the slow one: {took:?}"
         );
         node.stop().await;
     })
