@@ -38,6 +38,10 @@ pub enum ApiError {
     /// `/v1/crdt`, a CRDT under `/v1/kv`, or another CRDT type.
     #[error("{0}")]
     WrongType(String),
+    /// The node is at one of its limits on concurrent work (say, the bytes of request
+    /// bodies it buffers at once): retry later, or on another node.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl ApiError {
@@ -52,6 +56,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnknownNode(_) => StatusCode::NOT_FOUND,
             ApiError::WrongType(_) => StatusCode::CONFLICT,
+            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -67,6 +72,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::UnknownNode(_) => "unknown_node",
             ApiError::WrongType(_) => "wrong_type",
+            ApiError::Overloaded(_) => "overloaded",
         }
     }
 

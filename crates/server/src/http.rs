@@ -45,7 +45,18 @@ pub struct AppState {
     pub anti_entropy: Arc<AntiEntropy>,
     pub topology: Arc<Topology>,
     pub purge: Arc<Purge>,
+    /// Request body bytes buffered at once, across requests.
+    pub body_budget: request::BodyBudget,
 }
+
+/// Largest JSON body of a PUT: JSON escapes can double a value's size (values
+/// heavier than that in escapes belong in application/octet-stream).
+pub fn max_json_body(max_value_bytes: usize) -> usize {
+    max_value_bytes.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// Largest body of a DELETE (a version token).
+const MAX_DELETE_BODY: usize = 128 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -256,18 +267,21 @@ async fn put_kv(
     let overwrite = query.flag("overwrite")?;
     let (parts, body) = request.into_parts();
     let max_value = app.limits.max_value_bytes;
-    let (value, ttl, seen) = if request::is_octet_stream(&parts.headers) {
-        let value = request::read_body(body, &parts.headers, max_value).await?;
+    let octet_stream = request::is_octet_stream(&parts.headers);
+    let limit = if octet_stream {
+        max_value
+    } else {
+        max_json_body(max_value)
+    };
+    // Held (with its share of the body budget) until the write is answered.
+    let raw = request::read_body(body, &parts.headers, limit, &app.body_budget).await?;
+    let (value, ttl, seen) = if octet_stream {
         (
-            value,
+            raw.bytes(),
             query.ttl()?,
             request::version_header(&parts.headers)?,
         )
     } else {
-        // JSON escapes can double a value's size; values heavier than that in
-        // escapes belong in application/octet-stream.
-        let limit = max_value.saturating_mul(2).saturating_add(64 * 1024);
-        let raw = request::read_body(body, &parts.headers, limit).await?;
         let put: PutJson = serde_json::from_slice(&raw)
             .map_err(|error| ApiError::invalid(format!("invalid JSON body: {error}")))?;
         let value = match (put.value, put.value_base64) {
@@ -341,7 +355,7 @@ async fn delete_kv(
     let key = request::key_from_path(uri.path(), &app.limits)?;
     let required = app.required(&query, &key, "w", true)?;
     let (parts, body) = request.into_parts();
-    let raw = request::read_body(body, &parts.headers, 128 * 1024).await?;
+    let raw = request::read_body(body, &parts.headers, MAX_DELETE_BODY, &app.body_budget).await?;
     let from_body = if raw.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -13,8 +13,10 @@
 //! call the node off the async runtime, and answer.
 //!
 //! Limits: request bodies are bounded by `max_value_bytes` (JSON: twice that, for
-//! escapes) and refused with 413 before they are buffered whole; keys by
-//! `max_key_bytes`; a graceful shutdown waits at most `http::SHUTDOWN_GRACE`.
+//! escapes) and refused with 413 before they are buffered whole, and all of them
+//! together by `max_buffered_request_bytes` (`request::BodyBudget`: 503 `overloaded`
+//! past it); keys by `max_key_bytes`; a graceful shutdown waits at most
+//! `http::SHUTDOWN_GRACE`.
 //! RESP commands are bounded likewise (see `resp` for its limits).
 
 pub mod alive;
@@ -448,6 +450,10 @@ impl Server {
             anti_entropy,
             topology,
             purge,
+            body_budget: request::BodyBudget::new(
+                usize::try_from(config.max_buffered_request_bytes).unwrap_or(usize::MAX),
+                http::max_json_body(config.max_value_bytes),
+            ),
         });
         tasks.spawn(resp::serve(
             resp_listener,

@@ -3,15 +3,17 @@
 //! outside is checked here, once; handlers get typed values.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use percent_encoding::percent_decode_str;
 use ringkv_cluster::Quorum;
 use ringkv_core::{Context, Key, Limits};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -171,24 +173,146 @@ fn media_type(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Reads a request body of at most `limit` bytes. A body announced or found larger
-/// is refused with 413 as soon as that is known, before it is buffered whole.
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// The bytes of request bodies a node holds at once, across all its HTTP requests
+/// (`max_buffered_request_bytes`): without it, many clients each sending a large body
+/// (slowly, say) could make the node buffer without bound. A request gets its share
+/// before it buffers a byte and keeps it until its handler returns; past the budget
+/// it is refused at once with `503 overloaded` rather than queued.
+#[derive(Clone)]
+pub struct BodyBudget {
+    permits: Arc<Semaphore>,
+    total: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `total` bytes, but never less than `largest` (one largest request
+    /// must always fit, or it could never be served).
+    pub fn new(total: usize, largest: usize) -> BodyBudget {
+        let total = total.max(largest).clamp(1, Semaphore::MAX_PERMITS);
+        BodyBudget {
+            permits: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Bytes handed out now.
+    pub fn in_use(&self) -> usize {
+        self.total - self.permits.available_permits()
+    }
+
+    /// Adds `bytes` to `share`, or refuses if the budget lacks them.
+    fn take(&self, bytes: usize, share: &mut Option<OwnedSemaphorePermit>) -> Result<(), ApiError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let refused = || {
+            metrics::counter!("ringkv_http_body_budget_refusals_total").increment(1);
+            ApiError::Overloaded(format!(
+                "this node already holds {} of its {} bytes of request bodies \
+                 (max_buffered_request_bytes); retry later or on another node",
+                self.in_use(),
+                self.total
+            ))
+        };
+        let count = u32::try_from(bytes).map_err(|_| refused())?;
+        let taken = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| refused())?;
+        match share {
+            Some(held) => held.merge(taken),
+            None => *share = Some(taken),
+        }
+        Ok(())
+    }
+}
+
+/// A request body with its share of the node's [`BodyBudget`], given back on drop:
+/// keep it alive as long as the request's bytes are in use.
+pub struct HeldBody {
+    bytes: Bytes,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl HeldBody {
+    /// The body (a cheap, reference-counted copy).
+    pub fn bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+}
+
+impl std::ops::Deref for HeldBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads a request body of at most `limit` bytes, within `budget`. A body announced
+/// or found larger than `limit` is refused with 413 as soon as that is known, before
+/// it is buffered whole; one the budget cannot hold, with 503 `overloaded`.
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<HeldBody, ApiError> {
     let too_large = || ApiError::TooLarge(format!("request body is larger than {limit} bytes"));
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
+    let mut share = None;
+    // Announced: the whole length is taken before reading, so a slow sender holds
+    // what it will need from the start.
+    let mut reserved = match announced {
+        Some(length) if length > limit as u64 => return Err(too_large()),
+        Some(length) => {
+            // At most `limit`, which is a usize.
+            let length = usize::try_from(length).map_err(|_| too_large())?;
+            budget.take(length, &mut share)?;
+            length
+        }
+        None => 0,
+    };
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut length = 0usize;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|error| ApiError::invalid(format!("could not read request body: {error}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        length = length.saturating_add(data.len());
+        if length > limit {
+            return Err(too_large());
+        }
+        if length > reserved {
+            budget.take(length - reserved, &mut share)?;
+            reserved = length;
+        }
+        if !data.is_empty() {
+            chunks.push(data);
+        }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(error) => Err(ApiError::invalid(format!(
-            "could not read request body: {error}"
-        ))),
-    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(length);
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            joined.freeze()
+        }
+    };
+    Ok(HeldBody {
+        bytes,
+        _share: share,
+    })
 }
 
 #[cfg(test)]

@@ -595,3 +595,79 @@ async fn blind_writes_past_the_sibling_limit_are_refused_with_a_way_out() {
     assert_eq!(node.get_json("hot").await.1["value"], "resolved");
     node.stop().await;
 }
+
+/// Request bodies count against the node's budget (`max_buffered_request_bytes`)
+/// from before their first byte is read until they are answered: a slow sender
+/// holds its whole announced length, a body the rest of the budget cannot hold gets
+/// 503 `overloaded` at once, a smaller one still goes through, and the share comes
+/// back when the slow request ends.
+#[tokio::test]
+async fn bodies_beyond_the_nodes_buffer_budget_are_503_until_shares_come_back() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // max_value_bytes is 1024, so the largest JSON PUT is 2 × 1024 + 64 KiB = 67,584
+    // bytes: below the budget, which is used as given.
+    config.max_buffered_request_bytes = 100_000;
+    let node = start_with(dir, config).await;
+    let addr = node.server.as_ref().unwrap().http_addr();
+    let padded = |size: usize| {
+        let mut body = br#"{"value": "x"}"#.to_vec();
+        body.resize(size, b' ');
+        body
+    };
+    let put = |key: &str, body: Vec<u8>| {
+        node.client
+            .put(node.url(&format!("/v1/kv/{key}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // A slow client announces 60,000 bytes and sends a few.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/kv/slow HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: 60000\r\n\r\n{{\"value\": "
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // 60,000 + 50,000 is over the budget once the slow request holds its share (its
+    // handler may start a moment after this one: bounded retries until then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        let response = put(&format!("second-{attempt}"), padded(50_000))
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(error_code(&body), "overloaded", "{body}");
+            break;
+        }
+        let status = response.status();
+        assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a body beyond the budget was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What is left of the budget still serves a smaller body.
+    assert_eq!(put("small", padded(30_000)).await.unwrap().status(), 200);
+    // The slow client goes away: its share comes back.
+    drop(slow);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Refused writes store nothing, so the same key can be retried.
+        let status = put("third", padded(50_000)).await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request's share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.get_json("third").await.1["value"], "x");
+    node.stop().await;
+}
