@@ -189,7 +189,7 @@ keys! {
     max_key_bytes: usize = 8192, Num::size(ringkv_core::MAX_KEY_BYTES as u64), "SIZE";
     /// Longest value, 1..=1GiB [default: 16MiB].
     max_value_bytes: usize = 16 << 20, Num::size(1 << 30), "SIZE";
-    /// Cap on the HTTP request bodies a node buffers at once, across requests; never less than one largest PUT [default: 1GiB].
+    /// Cap on the request bytes a node buffers at once: HTTP bodies, RESP commands past 16KiB; never less than one largest PUT [default: 1GiB].
     max_buffered_request_bytes: u64 = 1 << 30, Num::size(MAX_SIZE), "SIZE";
 }
 

@@ -174,6 +174,7 @@ fn media_type(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
 }
 
 /// The bytes of request bodies a node holds at once, across all its HTTP requests
+/// and the RESP commands buffered past a connection's first 16 KiB
 /// (`max_buffered_request_bytes`): without it, many clients each sending a large body
 /// (slowly, say) could make the node buffer without bound. A request gets its share
 /// before it buffers a byte and keeps it until its handler returns; past the budget
@@ -201,7 +202,11 @@ impl BodyBudget {
     }
 
     /// Adds `bytes` to `share`, or refuses if the budget lacks them.
-    fn take(&self, bytes: usize, share: &mut Option<OwnedSemaphorePermit>) -> Result<(), ApiError> {
+    pub(crate) fn take(
+        &self,
+        bytes: usize,
+        share: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<(), ApiError> {
         if bytes == 0 {
             return Ok(());
         }

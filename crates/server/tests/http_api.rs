@@ -671,3 +671,87 @@ async fn bodies_beyond_the_nodes_buffer_budget_are_503_until_shares_come_back() 
     assert_eq!(node.get_json("third").await.1["value"], "x");
     node.stop().await;
 }
+
+/// RESP commands draw on the same budget once they outgrow a connection's first
+/// 16 KiB: a client in the middle of a large command holds its share, a second one
+/// that needs more than is left gets `-ERR overloaded` (and is closed, as Redis does
+/// past its query buffer limit), HTTP bodies see the same budget, and all of it
+/// comes back when the first client goes away.
+#[tokio::test]
+async fn large_resp_commands_draw_on_the_same_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.max_buffered_request_bytes = 100_000;
+    let node = start_with(dir, config).await;
+    let resp = node.server.as_ref().unwrap().resp_addr();
+    // 90 of the 100 announced arguments of 1,000 bytes: ~90 KB buffered, ~74 KB of
+    // it past the first 16 KiB.
+    let partial = |args: usize| {
+        let mut command = b"*100\r\n".to_vec();
+        for _ in 0..args {
+            command.extend_from_slice(b"$1000\r\n");
+            command.extend_from_slice(&[b'x'; 1000]);
+            command.extend_from_slice(b"\r\n");
+        }
+        command
+    };
+    let mut first = tokio::net::TcpStream::connect(resp).await.unwrap();
+    first.write_all(&partial(90)).await.unwrap();
+    let put = |key: &str, size: usize| {
+        let mut body = br#"{"value": "x"}"#.to_vec();
+        body.resize(size, b' ');
+        node.client
+            .put(node.url(&format!("/v1/kv/{key}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Once the first client's command holds its share (bounded wait), a 50 KB
+    // HTTP body no longer fits...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        let response = put(&format!("http-{attempt}"), 50_000).await.unwrap();
+        if response.status() == 503 {
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a large RESP command never held its share"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...nor does a second large RESP command: refused, then closed.
+    let mut second = tokio::net::TcpStream::connect(resp).await.unwrap();
+    second.write_all(&partial(90)).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut answer));
+    read.await
+        .expect("the refused client is closed")
+        .unwrap_or_default();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("-ERR overloaded"), "{answer}");
+    // Small commands are untouched by the budget.
+    let mut small = tokio::net::TcpStream::connect(resp).await.unwrap();
+    small.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    small.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    // The first client leaves: its share comes back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = put("after", 50_000).await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RESP client's share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.stop().await;
+}

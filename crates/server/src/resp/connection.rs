@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Parsed, Protocol, Reply};
@@ -48,6 +49,10 @@ pub async fn run(
     };
     let mut input = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
     let mut output = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
+    // What a command on its way needs past the first buffer comes from the node's
+    // budget of request bytes (shared with HTTP bodies), held until it is consumed.
+    let mut share: Option<OwnedSemaphorePermit> = None;
+    let mut held = 0usize;
     loop {
         let mut replies = 0;
         let mut need_more_input = false;
@@ -60,6 +65,21 @@ pub async fn run(
                 }
                 Ok(Parsed::Empty) => {}
                 Ok(Parsed::Incomplete { needed }) => {
+                    let wanted = needed.max(input.len()).saturating_sub(INITIAL_BUFFER_BYTES);
+                    if wanted > held {
+                        let budget = &shared.app.body_budget;
+                        if let Err(refused) = budget.take(wanted - held, &mut share) {
+                            // The command cannot be skipped unread: answer and close,
+                            // as Redis does past its client query buffer limit.
+                            tracing::debug!(%peer, "resp: {refused}");
+                            Reply::Error(format!("ERR overloaded: {refused}"))
+                                .encode(session.protocol, &mut output);
+                            let _ = stream.write_all(&output).await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                        held = wanted;
+                    }
                     // A large bulk on its way: make room for it, a step at a time
                     // (a header alone must not make the server allocate much).
                     input.reserve(needed.saturating_sub(input.len()).min(MAX_RESERVE_BYTES));
@@ -76,6 +96,12 @@ pub async fn run(
                     return;
                 }
             }
+        }
+        if held > 0 && input.is_empty() {
+            // The large command is consumed: give its bytes back, with the buffer.
+            share = None;
+            held = 0;
+            input = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
         }
         if !output.is_empty() {
             if stream.write_all(&output).await.is_err() {
