@@ -211,7 +211,7 @@ impl BodyBudget {
             return Ok(());
         }
         let refused = || {
-            metrics::counter!("ringkv_http_body_budget_refusals_total").increment(1);
+            metrics::counter!("ringkv_request_budget_refusals_total").increment(1);
             ApiError::Overloaded(format!(
                 "this node already holds {} of its {} bytes of request bodies \
                  (max_buffered_request_bytes); retry later or on another node",
