@@ -72,10 +72,8 @@ pub async fn run(
                             // The command cannot be skipped unread: answer and close,
                             // as Redis does past its client query buffer limit.
                             tracing::debug!(%peer, "resp: {refused}");
-                            Reply::Error(format!("ERR overloaded: {refused}"))
-                                .encode(session.protocol, &mut output);
-                            let _ = stream.write_all(&output).await;
-                            let _ = stream.shutdown().await;
+                            let error = format!("ERR overloaded: {refused}");
+                            close_with(&mut stream, &mut output, session.protocol, error).await;
                             return;
                         }
                         held = wanted;
@@ -89,10 +87,8 @@ pub async fn run(
                 Err(error) => {
                     metrics::counter!("ringkv_resp_protocol_errors_total").increment(1);
                     tracing::debug!(%peer, "resp protocol error: {error}");
-                    Reply::Error(format!("ERR Protocol error: {error}"))
-                        .encode(session.protocol, &mut output);
-                    let _ = stream.write_all(&output).await;
-                    let _ = stream.shutdown().await;
+                    let error = format!("ERR Protocol error: {error}");
+                    close_with(&mut stream, &mut output, session.protocol, error).await;
                     return;
                 }
             }
@@ -126,4 +122,18 @@ pub async fn run(
             Ok(_) => {}
         }
     }
+}
+
+/// Sends the replies already in `output`, then `error`, and closes the connection:
+/// after a protocol error or a refusal the rest of the stream cannot be read as
+/// commands.
+async fn close_with(
+    stream: &mut TcpStream,
+    output: &mut BytesMut,
+    protocol: Protocol,
+    error: String,
+) {
+    Reply::Error(error).encode(protocol, output);
+    let _ = stream.write_all(output).await;
+    let _ = stream.shutdown().await;
 }
