@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use ringkv_cluster::BoxFuture;
 use ringkv_core::{Key, Limits, Record};
 use ringkv_storage::Engine;
 
@@ -104,13 +105,8 @@ pub fn run(config: &Config) -> Report {
     // Phase 1: clients under faults; the nodes gossip and hand hints off until the
     // last client is done.
     lock(&sim.core).clients_running = config.workload.clients + config.workload.crdt_clients;
-    for id in 0..config.workload.crdt_clients {
-        let task = crdt::crdt_client(
-            sim.clone(),
-            id,
-            crdt_history.clone(),
-            config.workload.clone(),
-        );
+    // Each client counts itself out when done.
+    let spawn_client = |task: BoxFuture<()>| {
         let done = sim.clone();
         sim.spawn(
             Owner::Client,
@@ -119,23 +115,23 @@ pub fn run(config: &Config) -> Report {
                 lock(&done.core).clients_running -= 1;
             }),
         );
+    };
+    for id in 0..config.workload.crdt_clients {
+        spawn_client(Box::pin(crdt::crdt_client(
+            sim.clone(),
+            id,
+            crdt_history.clone(),
+            config.workload.clone(),
+        )));
     }
     for id in 0..config.workload.clients {
-        let task = workload::client(
+        spawn_client(Box::pin(workload::client(
             sim.clone(),
             id,
             keys.clone(),
             history.clone(),
             config.workload.clone(),
-        );
-        let done = sim.clone();
-        sim.spawn(
-            Owner::Client,
-            Box::pin(async move {
-                task.await;
-                lock(&done.core).clients_running -= 1;
-            }),
-        );
+        )));
     }
     // The nemesis stops around when the clients would be done without faults.
     let until = 30 * config.workload.ops_per_client as u64;
