@@ -1,0 +1,177 @@
+//! `max_buffered_request_bytes`: the request bytes a node buffers at once, across
+//! HTTP bodies and large RESP commands, against a real node started in process on
+//! 127.0.0.1 with port 0.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on anything unexpected.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestNode, error_code, start_with, test_config};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A node whose budget is 100,000 bytes. Its max_value_bytes is 1024, so the
+/// largest JSON PUT is 2 × 1024 + 64 KiB = 67,584 bytes: below the budget, which
+/// is used as given.
+async fn start_budgeted() -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.max_buffered_request_bytes = 100_000;
+    start_with(dir, config).await
+}
+
+/// PUTs a valid JSON body of `size` bytes (value "x", padded with spaces).
+async fn put(node: &TestNode, key: &str, size: usize) -> reqwest::Response {
+    let mut body = br#"{"value": "x"}"#.to_vec();
+    body.resize(size, b' ');
+    node.client
+        .put(node.url(&format!("/v1/kv/{key}")))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// PUTs `size` bytes under `key(attempt)` every 20 ms until the answer is `until`
+/// (returned), for 10 s at most: another share may be taken or given back a moment
+/// after the test's own step. Meanwhile only `meanwhile` is accepted.
+async fn put_until(
+    node: &TestNode,
+    key: impl Fn(usize) -> String,
+    size: usize,
+    until: StatusCode,
+    meanwhile: StatusCode,
+    never: &str,
+) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        let response = put(node, &key(attempt), size).await;
+        if response.status() == until {
+            return response;
+        }
+        let status = response.status();
+        assert_eq!(
+            status,
+            meanwhile,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unreachable!("the attempts are unbounded; the deadline ends them")
+}
+
+/// Request bodies count against the node's budget (`max_buffered_request_bytes`)
+/// from before their first byte is read until they are answered: a slow sender
+/// holds its whole announced length, a body the rest of the budget cannot hold gets
+/// 503 `overloaded` at once, a smaller one still goes through, and the share comes
+/// back when the slow request ends.
+#[tokio::test]
+async fn bodies_beyond_the_nodes_buffer_budget_are_503_until_shares_come_back() {
+    let node = start_budgeted().await;
+    let addr = node.server.as_ref().unwrap().http_addr();
+    // A slow client announces 60,000 bytes and sends a few.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/kv/slow HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: 60000\r\n\r\n{{\"value\": "
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // 60,000 + 50,000 is over the budget once the slow request holds its share
+    // (fresh keys: the writes that got through meanwhile must not pile up siblings).
+    let refused = put_until(
+        &node,
+        |attempt| format!("second-{attempt}"),
+        50_000,
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::OK,
+        "a body beyond the budget was never refused",
+    )
+    .await;
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(error_code(&body), "overloaded", "{body}");
+    // What is left of the budget still serves a smaller body.
+    assert_eq!(put(&node, "small", 30_000).await.status(), 200);
+    // The slow client goes away: its share comes back (refused writes store
+    // nothing, so the same key can be retried).
+    drop(slow);
+    put_until(
+        &node,
+        |_| "third".to_owned(),
+        50_000,
+        StatusCode::OK,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the slow request's share never came back",
+    )
+    .await;
+    assert_eq!(node.get_json("third").await.1["value"], "x");
+    node.stop().await;
+}
+
+/// RESP commands draw on the same budget once they outgrow a connection's first
+/// 16 KiB: a client in the middle of a large command holds its share, a second one
+/// that needs more than is left gets `-ERR overloaded` (and is closed, as Redis does
+/// past its query buffer limit), HTTP bodies see the same budget, and all of it
+/// comes back when the first client goes away.
+#[tokio::test]
+async fn large_resp_commands_draw_on_the_same_budget() {
+    let node = start_budgeted().await;
+    let resp = node.server.as_ref().unwrap().resp_addr();
+    // 90 of the 100 announced arguments of 1,000 bytes: ~90 KB buffered, ~74 KB of
+    // it past the first 16 KiB.
+    let partial = |args: usize| {
+        let mut command = b"*100\r\n".to_vec();
+        for _ in 0..args {
+            command.extend_from_slice(b"$1000\r\n");
+            command.extend_from_slice(&[b'x'; 1000]);
+            command.extend_from_slice(b"\r\n");
+        }
+        command
+    };
+    let mut first = tokio::net::TcpStream::connect(resp).await.unwrap();
+    first.write_all(&partial(90)).await.unwrap();
+    // Once the first client's command holds its share, a 50 KB HTTP body no longer
+    // fits...
+    put_until(
+        &node,
+        |attempt| format!("http-{attempt}"),
+        50_000,
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::OK,
+        "a large RESP command never held its share",
+    )
+    .await;
+    // ...nor does a second large RESP command: refused, then closed.
+    let mut second = tokio::net::TcpStream::connect(resp).await.unwrap();
+    second.write_all(&partial(90)).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut answer));
+    read.await
+        .expect("the refused client is closed")
+        .unwrap_or_default();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("-ERR overloaded"), "{answer}");
+    // Small commands are untouched by the budget.
+    let mut small = tokio::net::TcpStream::connect(resp).await.unwrap();
+    small.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    small.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    // The first client leaves: its share comes back.
+    drop(first);
+    put_until(
+        &node,
+        |_| "after".to_owned(),
+        50_000,
+        StatusCode::OK,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the RESP client's share never came back",
+    )
+    .await;
+    node.stop().await;
+}
