@@ -12,7 +12,7 @@ use axum::extract::MatchedPath;
 use axum::http::{Method, Request};
 use axum::response::Response;
 use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -22,15 +22,24 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Buckets of the histograms that count things rather than time them: powers of
+/// two, up to group commit's `MAX_QUEUED_SYNCS` waiters per fdatasync. (With the
+/// latency buckets, every batch of more than 10 writes fell into `+Inf`.)
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
+
+/// Histograms that take `COUNT_BUCKETS`; every other histogram is a latency.
+const COUNT_HISTOGRAMS: &[&str] = &["ringkv_storage_sync_batch_writes"];
+
 /// The process's metrics handle, installing the recorder on first use. Several
 /// servers in one process (tests) share it.
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new();
-            let recorder = match builder.set_buckets(LATENCY_BUCKETS) {
-                Ok(with_buckets) => with_buckets.build_recorder(),
-                // Only fails for an empty bucket list, which LATENCY_BUCKETS is not.
+            let recorder = match with_buckets(PrometheusBuilder::new()) {
+                Ok(builder) => builder.build_recorder(),
+                // Only fails for an empty bucket list, which neither list is.
                 Err(_) => PrometheusBuilder::new().build_recorder(),
             };
             let handle = recorder.handle();
@@ -42,6 +51,16 @@ pub fn handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+fn with_buckets(
+    builder: PrometheusBuilder,
+) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    let mut builder = builder.set_buckets(LATENCY_BUCKETS)?;
+    for name in COUNT_HISTOGRAMS {
+        builder = builder.set_buckets_for_metric(Matcher::Full((*name).into()), COUNT_BUCKETS)?;
+    }
+    Ok(builder)
 }
 
 /// Names the operation of a request for the `op` label.

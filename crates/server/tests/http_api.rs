@@ -449,8 +449,14 @@ async fn health_metrics_and_status() {
         metrics.contains("ringkv_http_request_duration_seconds_bucket"),
         "{metrics}"
     );
+    // Batch sizes are counted in writes, not seconds: the bucket past the largest
+    // latency bucket (10) exists, and the latency buckets are not used for it.
     assert!(
-        metrics.contains("ringkv_storage_sync_batch_writes"),
+        metrics.contains("ringkv_storage_sync_batch_writes_bucket{le=\"65536\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("ringkv_storage_sync_batch_writes_bucket{le=\"0.0001\"}"),
         "{metrics}"
     );
     let status: Value = node
