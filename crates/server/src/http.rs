@@ -25,6 +25,7 @@ use ringkv_core::{Body, Key, Limits, ReadView, Sibling};
 use serde::Deserialize;
 use serde_json::json;
 
+pub mod listener;
 mod operator;
 
 use crate::error::ApiError;

@@ -464,14 +464,8 @@ impl Server {
         let http = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                // Answers go out when written, as on the RESP and peer connections:
-                // without TCP_NODELAY a response written in two parts waits for the
-                // client's (delayed) ACK of the first.
-                let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        tracing::debug!("http: cannot set TCP_NODELAY: {error}");
-                    }
-                });
+                let http_listener =
+                    http::listener::Limited::new(http_listener, http::listener::MAX_CONNECTIONS);
                 let serve = axum::serve(http_listener, app)
                     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
                 if let Err(error) = serve.await {

@@ -21,9 +21,11 @@
 //! * `MAX_CONNECTIONS` clients at once (further ones wait in the accept queue,
 //!   counted in `ringkv_resp_connection_limit_waits_total`).
 //!
-//! So a node buffers at most `MAX_CONNECTIONS` × (a command + `MAX_REPLY_BUFFER_BYTES`
-//! plus one reply): with the default 16 MiB values, about 21 GiB in the worst case
-//! (every client sending a maximal command slowly). No global byte budget yet.
+//! Past a connection's first 16 KiB, a command draws on the node's
+//! `max_buffered_request_bytes` (shared with HTTP bodies) while it arrives; refused,
+//! the client gets `-ERR overloaded` and is closed. Outside that budget: each
+//! connection's first 16 KiB and its replies (at most `MAX_REPLY_BUFFER_BYTES` plus
+//! one reply), i.e. 16 MiB and about 4 GiB for `MAX_CONNECTIONS` clients.
 
 mod admin;
 mod command;
