@@ -89,10 +89,62 @@ fn server(args: ringkv_server::config::ServerArgs) -> anyhow::Result<std::proces
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(ringkv_server::run(config))?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Open files a node may need at once: a descriptor per HTTP and RESP client at
+/// their limits (1,024 each), per peer connection, and fjall's tables and journals.
+const WANTED_OPEN_FILES: u64 = 8192;
+
+/// Raises the soft limit on open files towards `WANTED_OPEN_FILES`, as far as the
+/// hard limit allows (many systems start processes with a soft limit of 1,024
+/// under a hard one far higher). A node out of descriptors refuses clients and,
+/// worse, cannot open its storage files or dial its peers: short of the wanted
+/// number, it says so at start.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes the struct it is given, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!("cannot read the open files limit: {error}");
+        return;
+    }
+    if limit.rlim_cur >= WANTED_OPEN_FILES {
+        return;
+    }
+    let wanted = WANTED_OPEN_FILES.min(limit.rlim_max);
+    if wanted > limit.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit(2) reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = limit.rlim_cur,
+                to = wanted,
+                "raised the open files limit"
+            );
+            limit.rlim_cur = wanted;
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!("cannot raise the open files limit: {error}");
+        }
+    }
+    if limit.rlim_cur < WANTED_OPEN_FILES {
+        tracing::warn!(
+            "open files limited to {} (hard limit {}): a node at its connection limits may need {WANTED_OPEN_FILES}; raise `ulimit -n`",
+            limit.rlim_cur,
+            limit.rlim_max
+        );
+    }
 }
