@@ -466,11 +466,8 @@ impl Server {
             tokio::spawn(async move {
                 let http_listener =
                     http::listener::Limited::new(http_listener, http::listener::MAX_CONNECTIONS);
-                let serve = axum::serve(http_listener, app)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-                if let Err(error) = serve.await {
-                    tracing::error!("http server failed: {error}");
-                }
+                let timeout = http::listener::HEADER_READ_TIMEOUT;
+                http::listener::serve(http_listener, app, timeout, shutdown).await;
             })
         };
         tracing::info!(node_id = identity.node_id, %http_addr, %resp_addr, %peer_addr, generation, "ringkv node serving");
