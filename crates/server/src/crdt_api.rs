@@ -213,8 +213,14 @@ pub async fn update_crdt(
     let (kind, key) = crdt_path(uri.path(), &app.limits)?;
     let required = app.required(&query, &key, "w", true)?;
     let (parts, body) = request.into_parts();
-    let raw =
-        request::read_body(body, &parts.headers, MAX_OPERATION_BYTES, &app.body_budget).await?;
+    let raw = request::read_body(
+        body,
+        &parts.headers,
+        MAX_OPERATION_BYTES,
+        &app.body_budget,
+        request::BODY_IDLE_TIMEOUT,
+    )
+    .await?;
     let operation = parse_operation(kind, &raw)?;
     let write = Write {
         key,

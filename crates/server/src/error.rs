@@ -42,6 +42,9 @@ pub enum ApiError {
     /// bodies it buffers at once): retry later, or on another node.
     #[error("{0}")]
     Overloaded(String),
+    /// The client stopped sending a request body it had started.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl ApiError {
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::UnknownNode(_) => StatusCode::NOT_FOUND,
             ApiError::WrongType(_) => StatusCode::CONFLICT,
             ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -73,6 +77,7 @@ impl ApiError {
             ApiError::UnknownNode(_) => "unknown_node",
             ApiError::WrongType(_) => "wrong_type",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::Timeout(_) => "request_timeout",
         }
     }
 

@@ -29,7 +29,7 @@ pub mod listener;
 mod operator;
 
 use crate::error::ApiError;
-use crate::request::{self, Query, VERSION_HEADER};
+use crate::request::{self, BODY_IDLE_TIMEOUT, Query, VERSION_HEADER};
 
 /// What every handler shares.
 pub struct AppState {
@@ -275,7 +275,14 @@ async fn put_kv(
         max_json_body(max_value)
     };
     // Held (with its share of the body budget) until the write is answered.
-    let raw = request::read_body(body, &parts.headers, limit, &app.body_budget).await?;
+    let raw = request::read_body(
+        body,
+        &parts.headers,
+        limit,
+        &app.body_budget,
+        BODY_IDLE_TIMEOUT,
+    )
+    .await?;
     let (value, ttl, seen) = if octet_stream {
         (
             raw.bytes(),
@@ -356,7 +363,14 @@ async fn delete_kv(
     let key = request::key_from_path(uri.path(), &app.limits)?;
     let required = app.required(&query, &key, "w", true)?;
     let (parts, body) = request.into_parts();
-    let raw = request::read_body(body, &parts.headers, MAX_DELETE_BODY, &app.body_budget).await?;
+    let raw = request::read_body(
+        body,
+        &parts.headers,
+        MAX_DELETE_BODY,
+        &app.body_budget,
+        BODY_IDLE_TIMEOUT,
+    )
+    .await?;
     let from_body = if raw.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use percent_encoding::percent_decode_str;
 use ringkv_cluster::Quorum;
 use ringkv_core::{Context, Key, Limits};
@@ -255,14 +257,41 @@ impl std::ops::Deref for HeldBody {
     }
 }
 
+/// Longest wait for the next part of a request body once it started: a client that
+/// stalls longer (it died, or its network did, without closing the connection) is
+/// answered 408 and lets go of its budget share and its connection slot.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body's next frame, waiting at most `idle_timeout` for it. A frame already
+/// buffered (the whole body of a small request, as a rule) is taken without
+/// arming a timer.
+async fn next_frame(
+    body: &mut Body,
+    idle_timeout: Duration,
+) -> Result<Option<Result<Frame<Bytes>, axum::Error>>, ApiError> {
+    if let Some(ready) = body.frame().now_or_never() {
+        return Ok(ready);
+    }
+    tokio::time::timeout(idle_timeout, body.frame())
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "no part of the request body arrived for {} s",
+                idle_timeout.as_secs_f64()
+            ))
+        })
+}
+
 /// Reads a request body of at most `limit` bytes, within `budget`. A body announced
 /// or found larger than `limit` is refused with 413 as soon as that is known, before
-/// it is buffered whole; one the budget cannot hold, with 503 `overloaded`.
+/// it is buffered whole; one the budget cannot hold, with 503 `overloaded`; one that
+/// stalls for `idle_timeout`, with 408 `request_timeout`.
 pub async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
     budget: &BodyBudget,
+    idle_timeout: Duration,
 ) -> Result<HeldBody, ApiError> {
     let too_large = || ApiError::TooLarge(format!("request body is larger than {limit} bytes"));
     let announced = headers
@@ -285,7 +314,7 @@ pub async fn read_body(
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut length = 0usize;
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = next_frame(&mut body, idle_timeout).await? {
         let frame = frame
             .map_err(|error| ApiError::invalid(format!("could not read request body: {error}")))?;
         let Ok(data) = frame.into_data() else {
@@ -322,7 +351,74 @@ pub async fn read_body(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+
+    /// A body whose parts are whatever is sent on the returned channel, and which
+    /// ends when the channel is dropped.
+    fn streamed_body() -> (
+        tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        Body,
+    ) {
+        let (send, receive) = tokio::sync::mpsc::channel(4);
+        let parts = futures_util::stream::unfold(receive, |mut receive| async move {
+            receive.recv().await.map(|part| (part, receive))
+        });
+        (send, Body::from_stream(parts))
+    }
+
+    fn announcing(length: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, length.into());
+        headers
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_refused_with_408_and_gives_its_share_back() {
+        let budget = BodyBudget::new(1000, 1000);
+        let (send, body) = streamed_body();
+        send.send(Ok(Bytes::from_static(b"the first part")))
+            .await
+            .unwrap();
+        let idle = Duration::from_millis(200);
+        let started = Instant::now();
+        let headers = announcing(1000);
+        let reading = read_body(body, &headers, 1000, &budget, idle);
+        let stalled = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("read_body gives up within 10 s");
+        assert!(
+            matches!(stalled, Err(ApiError::Timeout(_))),
+            "{:?}",
+            stalled.err()
+        );
+        assert!(
+            started.elapsed() >= idle,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(budget.in_use(), 0, "the stalled body still holds its share");
+        drop(send);
+    }
+
+    #[tokio::test]
+    async fn a_body_with_pauses_shorter_than_the_timeout_is_read_whole() {
+        let budget = BodyBudget::new(1000, 1000);
+        let (send, body) = streamed_body();
+        let sending = tokio::spawn(async move {
+            for part in [&b"one "[..], b"two ", b"three"] {
+                send.send(Ok(Bytes::from_static(part))).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let idle = Duration::from_secs(5);
+        let read = read_body(body, &announcing(13), 1000, &budget, idle)
+            .await
+            .unwrap();
+        assert_eq!(&*read, b"one two three");
+        sending.await.unwrap();
+    }
 
     #[test]
     fn keys_are_percent_decoded_bytes() {
