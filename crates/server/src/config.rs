@@ -191,6 +191,8 @@ keys! {
     max_value_bytes: usize = 16 << 20, Num::size(1 << 30), "SIZE";
     /// Cap on the request bytes a node buffers at once: HTTP bodies, RESP commands past 16KiB; never less than one largest PUT [default: 1GiB].
     max_buffered_request_bytes: u64 = 1 << 30, Num::size(MAX_SIZE), "SIZE";
+    /// Longest pause in the middle of a request (an HTTP body, a RESP command) before the node gives up on it and frees its bytes [default: 30000].
+    request_stall_timeout_ms: u64 = 30_000, MS, "MS";
 }
 
 /// Where a configuration value came from.

@@ -218,7 +218,7 @@ pub async fn update_crdt(
         &parts.headers,
         MAX_OPERATION_BYTES,
         &app.body_budget,
-        request::BODY_IDLE_TIMEOUT,
+        app.stall_timeout,
     )
     .await?;
     let operation = parse_operation(kind, &raw)?;

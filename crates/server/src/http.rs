@@ -29,7 +29,7 @@ pub mod listener;
 mod operator;
 
 use crate::error::ApiError;
-use crate::request::{self, BODY_IDLE_TIMEOUT, Query, VERSION_HEADER};
+use crate::request::{self, Query, VERSION_HEADER};
 
 /// What every handler shares.
 pub struct AppState {
@@ -48,6 +48,8 @@ pub struct AppState {
     pub purge: Arc<Purge>,
     /// Request body bytes buffered at once, across requests.
     pub body_budget: request::BodyBudget,
+    /// Longest pause while a request body (or RESP command) arrives.
+    pub stall_timeout: Duration,
 }
 
 /// Largest JSON body of a PUT: JSON escapes can double a value's size (values
@@ -280,7 +282,7 @@ async fn put_kv(
         &parts.headers,
         limit,
         &app.body_budget,
-        BODY_IDLE_TIMEOUT,
+        app.stall_timeout,
     )
     .await?;
     let (value, ttl, seen) = if octet_stream {
@@ -368,7 +370,7 @@ async fn delete_kv(
         &parts.headers,
         MAX_DELETE_BODY,
         &app.body_budget,
-        BODY_IDLE_TIMEOUT,
+        app.stall_timeout,
     )
     .await?;
     let from_body = if raw.iter().all(u8::is_ascii_whitespace) {

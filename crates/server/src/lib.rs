@@ -454,6 +454,7 @@ impl Server {
                 usize::try_from(config.max_buffered_request_bytes).unwrap_or(usize::MAX),
                 http::max_json_body(config.max_value_bytes),
             ),
+            stall_timeout: Duration::from_millis(config.request_stall_timeout_ms),
         });
         tasks.spawn(resp::serve(
             resp_listener,

@@ -257,11 +257,6 @@ impl std::ops::Deref for HeldBody {
     }
 }
 
-/// Longest wait for the next part of a request body once it started: a client that
-/// stalls longer (it died, or its network did, without closing the connection) is
-/// answered 408 and lets go of its budget share and its connection slot.
-pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The body's next frame, waiting at most `idle_timeout` for it. A frame already
 /// buffered (the whole body of a small request, as a rule) is taken without
 /// arming a timer.
@@ -285,7 +280,9 @@ async fn next_frame(
 /// Reads a request body of at most `limit` bytes, within `budget`. A body announced
 /// or found larger than `limit` is refused with 413 as soon as that is known, before
 /// it is buffered whole; one the budget cannot hold, with 503 `overloaded`; one that
-/// stalls for `idle_timeout`, with 408 `request_timeout`.
+/// stalls for `idle_timeout` (`request_stall_timeout_ms`: a client that died, or
+/// whose network did, without closing the connection), with 408 `request_timeout`,
+/// letting go of its budget share and its connection slot.
 pub async fn read_body(
     body: Body,
     headers: &HeaderMap,

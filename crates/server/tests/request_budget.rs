@@ -175,3 +175,82 @@ async fn large_resp_commands_draw_on_the_same_budget() {
     .await;
     node.stop().await;
 }
+
+/// A node with the budget above whose clients may pause 300 ms in mid-request.
+async fn start_impatient() -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.max_buffered_request_bytes = 100_000;
+    config.request_stall_timeout_ms = 300;
+    start_with(dir, config).await
+}
+
+/// Everything `stream` sends until it closes (10 s at most).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    read.await.expect("closed within 10 s").unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that stops sending a body it started (it died, or its network did,
+/// without closing) is answered 408 `request_timeout` after
+/// `request_stall_timeout_ms`, and the budget it held comes back without the
+/// client going away.
+#[tokio::test]
+async fn a_stalled_http_body_is_408_and_its_share_comes_back() {
+    let node = start_impatient().await;
+    let addr = node.server.as_ref().unwrap().http_addr();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/kv/stalled HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: 60000\r\n\r\n{{\"value\": "
+    );
+    let started = Instant::now();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut answer));
+    let read = read.await.expect("answered within 10 s").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The whole budget is free again although the client is still connected.
+    assert_eq!(put(&node, "after", 60_000).await.status(), 200);
+    assert_eq!(put(&node, "again", 30_000).await.status(), 200);
+    drop(stalled);
+    node.stop().await;
+}
+
+/// The same over RESP: a client that stops in the middle of a command gets
+/// `-ERR timeout` and is closed, its budget share back; a client idle between
+/// commands is left alone, as in Redis.
+#[tokio::test]
+async fn a_stalled_resp_command_is_refused_and_its_share_comes_back() {
+    let node = start_impatient().await;
+    let resp = node.server.as_ref().unwrap().resp_addr();
+    let mut idle = tokio::net::TcpStream::connect(resp).await.unwrap();
+    idle.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    idle.read_exact(&mut pong).await.unwrap();
+    // 60 of 100 announced arguments of 1,000 bytes, then nothing.
+    let mut command = b"*100\r\n".to_vec();
+    for _ in 0..60 {
+        command.extend_from_slice(b"$1000\r\n");
+        command.extend_from_slice(&[b'x'; 1000]);
+        command.extend_from_slice(b"\r\n");
+    }
+    let mut stalled = tokio::net::TcpStream::connect(resp).await.unwrap();
+    let started = Instant::now();
+    stalled.write_all(&command).await.unwrap();
+    let answer = read_until_closed(&mut stalled).await;
+    assert!(answer.starts_with("-ERR timeout"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Its share is back: the largest body fits beside a second one.
+    assert_eq!(put(&node, "after", 60_000).await.status(), 200);
+    // The idle client, silent for longer than the timeout, still gets answers.
+    idle.write_all(b"PING\r\n").await.unwrap();
+    idle.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    node.stop().await;
+}

@@ -264,7 +264,7 @@ fn to_toml_round_trips() {
         --permanent-failure-threshold-ms=40 --hint-ttl-ms=50 --max-hints-bytes=6KB \
         --streaming-bytes-per-sec=7MiB --anti-entropy-interval-ms=80 --request-timeout-ms=90 \
         --tombstone-gc-grace-ms=100 --purge-interval-ms=105 --max-key-bytes=110 \
-        --max-value-bytes=120 --max-buffered-request-bytes=130MiB";
+        --max-value-bytes=120 --max-buffered-request-bytes=130MiB --request-stall-timeout-ms=140";
     let flags: Vec<_> = flags.split_whitespace().collect();
     let custom = Config {
         data_dir: PathBuf::from("/var/lib/ringkv \"x\" \\ é"),

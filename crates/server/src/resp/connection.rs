@@ -4,6 +4,7 @@
 //! protocol error is answered and closes this connection only.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -113,14 +114,34 @@ pub async fn run(
             // The pipeline bound was hit with commands still buffered.
             continue;
         }
+        // Part of a command is here: the rest must not take forever (a client that
+        // died mid-command, without closing, would hold its budget share for good).
+        // Between commands a client may stay idle as long as it likes, as in Redis.
+        let stall_timeout = (!input.is_empty()).then_some(shared.app.stall_timeout);
+        let reading = stream.read_buf(&mut input);
         let read = tokio::select! {
             () = shutdown.cancelled() => return,
-            read = stream.read_buf(&mut input) => read,
+            read = within(stall_timeout, reading) => read,
         };
         match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(_)) => {}
+            None => {
+                let waited = stall_timeout.unwrap_or_default().as_secs_f64();
+                tracing::debug!(%peer, "resp: no part of a command for {waited} s");
+                let error = format!("ERR timeout: no part of the command arrived for {waited} s");
+                close_with(&mut stream, &mut output, session.protocol, error).await;
+                return;
+            }
         }
+    }
+}
+
+/// `future`'s output, or `None` once `timeout` passed; without a timeout, no timer.
+async fn within<T>(timeout: Option<Duration>, future: impl Future<Output = T>) -> Option<T> {
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, future).await.ok(),
+        None => Some(future.await),
     }
 }
 
