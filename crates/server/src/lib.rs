@@ -32,6 +32,7 @@ pub mod peer;
 pub mod request;
 pub mod resp;
 pub mod rpc;
+mod socket;
 mod start;
 
 use std::net::SocketAddr;

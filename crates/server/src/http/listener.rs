@@ -119,12 +119,7 @@ impl axum::serve::Listener for Limited {
         };
         // axum's own accept: retries, and backs off on errors such as EMFILE.
         let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        // Answers go out when written, as on the RESP and peer connections: without
-        // TCP_NODELAY a response written in two parts waits for the client's
-        // (delayed) ACK of the first.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!("http: cannot set TCP_NODELAY: {error}");
-        }
+        crate::socket::configure_client(&stream, "http");
         (
             Held {
                 stream,
