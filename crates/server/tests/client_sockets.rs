@@ -1,4 +1,4 @@
-//! Options of the sockets a node accepts clients on (HTTP and RESP), read back from
+//! Options of a node's TCP connections (HTTP and RESP clients, peers), read back from
 //! the kernel's own table of TCP sockets (`/proc/net/tcp`).
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on anything unexpected.
@@ -98,4 +98,46 @@ async fn client_connections_have_tcp_keepalive_after_60_s() {
     );
 
     node.stop().await;
+}
+
+/// The same on the connections between nodes, at both ends: a peer connection only
+/// waits for requests, and one from a host that vanished would hold a slot of the
+/// listener's `max_connections` for ever.
+#[tokio::test]
+async fn peer_connections_have_tcp_keepalive_at_both_ends() {
+    let first = common::start().await;
+    let first_peer = first.server.as_ref().unwrap().peer_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.node_id = Some(2);
+    config.seeds = vec![first_peer.to_string()];
+    let second = common::start_with(dir, config).await;
+    let second_peer = second.server.as_ref().unwrap().peer_addr();
+
+    // Every established connection to the first node's peer port is from the
+    // second node (its dialer end) and has a twin at the first node (its listener
+    // end); both must run the keepalive timer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut dialer_seen, mut listener_seen) = (false, false);
+    while !(dialer_seen && listener_seen) {
+        assert!(
+            Instant::now() < deadline,
+            "keepalive on the peer connections: dialer end {dialer_seen}, listener end {listener_seen}"
+        );
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let port = format!(":{:04X}", first_peer.port());
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state, 01 = established; field 5 the timer.
+            if fields.get(3) != Some(&"01") || !fields[5].starts_with("02:") {
+                continue;
+            }
+            dialer_seen |= fields[2].ends_with(&port);
+            listener_seen |= fields[1].ends_with(&port);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(first_peer, second_peer);
+    second.stop().await;
+    first.stop().await;
 }

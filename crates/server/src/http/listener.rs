@@ -119,7 +119,7 @@ impl axum::serve::Listener for Limited {
         };
         // axum's own accept: retries, and backs off on errors such as EMFILE.
         let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        crate::socket::configure_client(&stream, "http");
+        crate::socket::configure(&stream, "http");
         (
             Held {
                 stream,

@@ -132,7 +132,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         match accepted {
             Ok((stream, peer)) => {
                 backoff_ms = 1;
-                crate::socket::configure_client(&stream, "resp");
+                crate::socket::configure(&stream, "resp");
                 let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                 let (shared, shutdown) = (shared.clone(), shutdown.clone());
                 connections.spawn(async move {

@@ -146,10 +146,8 @@ async fn connect(peer: &Peer, config: &LinkConfig) -> Result<Connection, Transpo
         }
         Ok(Ok(stream)) => stream,
     };
-    // Requests are small and latency-bound: send each frame at once.
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(addr = %peer.addr, "rpc: cannot set TCP_NODELAY: {error}");
-    }
+    // Requests are small and latency-bound: each frame goes out at once.
+    crate::socket::configure(&stream, "rpc");
     let (reader, mut writer) = stream.into_split();
     let mut reader = FramedRead::new(reader, frame::codec(MAX_HANDSHAKE_FRAME_BYTES));
     let secret = config.secret.as_deref();

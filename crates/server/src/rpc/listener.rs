@@ -122,9 +122,7 @@ async fn serve_connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let options = &context.options;
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(peer = %addr, "rpc: cannot set TCP_NODELAY: {error}");
-    }
+    crate::socket::configure(&stream, "rpc");
     let (reader, mut writer) = stream.into_split();
     let mut reader = FramedRead::new(reader, frame::codec(MAX_HANDSHAKE_FRAME_BYTES));
     let secret = context.secret.as_deref();
