@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 
 use common::NodeProcess;
 
@@ -44,19 +42,9 @@ fn a_node_started_with_a_low_soft_limit_on_open_files_raises_it() {
             Ok(())
         });
     }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ringkv starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("node prints its addresses");
-    let (soft, hard) = open_files_limit(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(line.contains("serving"), "{line}");
+    let node = NodeProcess::spawn_command(command, 1, "127.0.0.1", dir.path(), &[]);
+    let (soft, hard) = open_files_limit(node.child.id());
+    drop(node);
     // As far as the hard limit allows, up to the 8,192 a node wants.
     assert_eq!(soft, hard.min(8192), "soft {soft}, hard {hard}");
 }

@@ -6,12 +6,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{TestNode, error_code, start_with, test_config};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A node whose budget is 100,000 bytes. Its max_value_bytes is 1024, so the
 /// largest JSON PUT is 2 × 1024 + 64 KiB = 67,584 bytes: below the budget, which
@@ -34,6 +36,18 @@ async fn put(node: &TestNode, key: &str, size: usize) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+/// Starts a JSON PUT of `key` announcing `length` bytes, sends its first few and
+/// returns the connection, to send the rest (or nothing) at the caller's pace.
+async fn start_slow_put(addr: SocketAddr, key: &str, length: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/kv/{key} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n{{\"value\": "
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
 }
 
 /// PUTs `size` bytes under `key(attempt)` every 20 ms until the answer is `until`
@@ -76,12 +90,7 @@ async fn bodies_beyond_the_nodes_buffer_budget_are_503_until_shares_come_back() 
     let node = start_budgeted().await;
     let addr = node.server.as_ref().unwrap().http_addr();
     // A slow client announces 60,000 bytes and sends a few.
-    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "PUT /v1/kv/slow HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: 60000\r\n\r\n{{\"value\": "
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let slow = start_slow_put(addr, "slow", 60_000).await;
     // 60,000 + 50,000 is over the budget once the slow request holds its share
     // (fresh keys: the writes that got through meanwhile must not pile up siblings).
     let refused = put_until(
@@ -133,7 +142,7 @@ async fn large_resp_commands_draw_on_the_same_budget() {
         }
         command
     };
-    let mut first = tokio::net::TcpStream::connect(resp).await.unwrap();
+    let mut first = TcpStream::connect(resp).await.unwrap();
     first.write_all(&partial(90)).await.unwrap();
     // Once the first client's command holds its share, a 50 KB HTTP body no longer
     // fits...
@@ -147,7 +156,7 @@ async fn large_resp_commands_draw_on_the_same_budget() {
     )
     .await;
     // ...nor does a second large RESP command: refused, then closed.
-    let mut second = tokio::net::TcpStream::connect(resp).await.unwrap();
+    let mut second = TcpStream::connect(resp).await.unwrap();
     second.write_all(&partial(90)).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut answer));
@@ -157,7 +166,7 @@ async fn large_resp_commands_draw_on_the_same_budget() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("-ERR overloaded"), "{answer}");
     // Small commands are untouched by the budget.
-    let mut small = tokio::net::TcpStream::connect(resp).await.unwrap();
+    let mut small = TcpStream::connect(resp).await.unwrap();
     small.write_all(b"PING\r\n").await.unwrap();
     let mut pong = [0u8; 7];
     small.read_exact(&mut pong).await.unwrap();
@@ -186,7 +195,7 @@ async fn start_impatient() -> TestNode {
 }
 
 /// Everything `stream` sends until it closes (10 s at most).
-async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
     read.await.expect("closed within 10 s").unwrap_or_default();
@@ -201,13 +210,8 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
 async fn a_stalled_http_body_is_408_and_its_share_comes_back() {
     let node = start_impatient().await;
     let addr = node.server.as_ref().unwrap().http_addr();
-    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "PUT /v1/kv/stalled HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: 60000\r\n\r\n{{\"value\": "
-    );
     let started = Instant::now();
-    stalled.write_all(head.as_bytes()).await.unwrap();
+    let mut stalled = start_slow_put(addr, "stalled", 60_000).await;
     let mut answer = vec![0u8; 4096];
     let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut answer));
     let read = read.await.expect("answered within 10 s").unwrap();
@@ -229,7 +233,7 @@ async fn a_stalled_http_body_is_408_and_its_share_comes_back() {
 async fn a_stalled_resp_command_is_refused_and_its_share_comes_back() {
     let node = start_impatient().await;
     let resp = node.server.as_ref().unwrap().resp_addr();
-    let mut idle = tokio::net::TcpStream::connect(resp).await.unwrap();
+    let mut idle = TcpStream::connect(resp).await.unwrap();
     idle.write_all(b"PING\r\n").await.unwrap();
     let mut pong = [0u8; 7];
     idle.read_exact(&mut pong).await.unwrap();
@@ -240,7 +244,7 @@ async fn a_stalled_resp_command_is_refused_and_its_share_comes_back() {
         command.extend_from_slice(&[b'x'; 1000]);
         command.extend_from_slice(b"\r\n");
     }
-    let mut stalled = tokio::net::TcpStream::connect(resp).await.unwrap();
+    let mut stalled = TcpStream::connect(resp).await.unwrap();
     let started = Instant::now();
     stalled.write_all(&command).await.unwrap();
     let answer = read_until_closed(&mut stalled).await;

@@ -68,7 +68,19 @@ impl NodeProcess {
     /// Starts a node and waits for its "serving http on A peer B resp C" line.
     pub fn spawn(node_id: u64, ip: &str, dir: &Path, extra: &[String]) -> NodeProcess {
         let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let mut child = NodeProcess::command(node_id, ip, dir, &extra_refs)
+        let command = NodeProcess::command(node_id, ip, dir, &extra_refs);
+        NodeProcess::spawn_command(command, node_id, ip, dir, extra)
+    }
+
+    /// `spawn` with a `command` from `NodeProcess::command`, changed by the caller.
+    pub fn spawn_command(
+        mut command: Command,
+        node_id: u64,
+        ip: &str,
+        dir: &Path,
+        extra: &[String],
+    ) -> NodeProcess {
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .expect("ringkv starts");
