@@ -1,7 +1,7 @@
 //! Options every TCP connection of a node gets: its clients' (HTTP, RESP) and its
 //! peers' (internal RPC, both ends).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
@@ -32,5 +32,67 @@ pub fn configure(stream: &TcpStream, listener: &'static str) {
         .with_retries(KEEPALIVE_PROBES);
     if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!("{listener}: cannot set TCP keepalive: {error}");
+    }
+}
+
+/// Least time between two warnings that a listener is at its connection limit.
+const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// A listener at its connection limit: counts every wait for a free slot in
+/// `counter`, and says so in the log at most every `LIMIT_WARNING_EVERY` (a storm
+/// of connections must not become a storm of log lines).
+pub struct AtLimit {
+    listener: &'static str,
+    counter: &'static str,
+    limit: usize,
+    warned: Option<Instant>,
+}
+
+impl AtLimit {
+    pub fn new(listener: &'static str, counter: &'static str, limit: usize) -> AtLimit {
+        AtLimit {
+            listener,
+            counter,
+            limit,
+            warned: None,
+        }
+    }
+
+    /// A new client must wait for a connection to close.
+    pub fn wait_begins(&mut self) {
+        metrics::counter!(self.counter).increment(1);
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= LIMIT_WARNING_EVERY)
+        {
+            self.warned = Some(Instant::now());
+            tracing::warn!(
+                "{} {} clients connected; new ones wait (said at most every {} s)",
+                self.limit,
+                self.listener,
+                LIMIT_WARNING_EVERY.as_secs()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_at_its_limit_warns_once_per_interval() {
+        let mut at_limit = AtLimit::new("HTTP", "ringkv_test_waits_total", 1);
+        at_limit.wait_begins();
+        let first = at_limit.warned.expect("the first wait warns");
+        at_limit.wait_begins();
+        assert_eq!(at_limit.warned, Some(first), "warned again at once");
+        // Once the interval passed, the next wait warns again.
+        let Some(long_ago) = first.checked_sub(LIMIT_WARNING_EVERY) else {
+            return; // The machine booted less than 10 s ago: nothing earlier exists.
+        };
+        at_limit.warned = Some(long_ago);
+        at_limit.wait_begins();
+        assert!(at_limit.warned.is_some_and(|at| at >= first));
     }
 }

@@ -31,6 +31,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::socket::AtLimit;
+
 /// Client connections served at once by one node's HTTP listener.
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -86,16 +88,17 @@ pub async fn serve(
 pub struct Limited {
     listener: TcpListener,
     permits: Arc<Semaphore>,
-    limit: usize,
+    at_limit: AtLimit,
 }
 
 impl Limited {
     pub fn new(listener: TcpListener, limit: usize) -> Limited {
         let limit = limit.max(1);
+        let counter = "ringkv_http_connection_limit_waits_total";
         Limited {
             listener,
             permits: Arc::new(Semaphore::new(limit)),
-            limit,
+            at_limit: AtLimit::new("HTTP", counter, limit),
         }
     }
 }
@@ -108,8 +111,7 @@ impl axum::serve::Listener for Limited {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                metrics::counter!("ringkv_http_connection_limit_waits_total").increment(1);
-                tracing::warn!("{} HTTP clients connected; new ones wait", self.limit);
+                self.at_limit.wait_begins();
                 self.permits
                     .clone()
                     .acquire_owned()

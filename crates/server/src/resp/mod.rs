@@ -106,6 +106,8 @@ impl Shared {
 /// the commands it is running (each stops reading at `shutdown`).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let counter = "ringkv_resp_connection_limit_waits_total";
+    let mut at_limit = crate::socket::AtLimit::new("RESP", counter, MAX_CONNECTIONS);
     let mut connections = JoinSet::new();
     let mut backoff_ms = 1;
     loop {
@@ -113,8 +115,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             Ok(permit) => permit,
             Err(_) => {
                 // At the limit: new clients wait in the accept queue; counted.
-                metrics::counter!("ringkv_resp_connection_limit_waits_total").increment(1);
-                tracing::warn!("{MAX_CONNECTIONS} RESP clients connected; new ones wait");
+                at_limit.wait_begins();
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     permit = permits.clone().acquire_owned() => {
