@@ -22,7 +22,6 @@ use crate::rng::Rng;
 
 /// Work for the world loop at a point of virtual time.
 pub enum Event {
-    Wake(Waker),
     Run(Box<dyn FnOnce() + Send>),
     Fault(Fault),
 }
@@ -382,7 +381,7 @@ impl Sim {
         Sleep {
             sim: self.clone(),
             at,
-            armed: false,
+            armed: None,
         }
     }
 
@@ -452,7 +451,10 @@ impl Core {
 pub struct Sleep {
     sim: Arc<Sim>,
     at: u64,
-    armed: bool,
+    /// The waker the timer wakes, once armed: the latest poller's. A future may be
+    /// polled by one task and then handed to another (a coordinator's calls still
+    /// running go to background work), which must get the timeout, as with tokio.
+    armed: Option<Arc<Mutex<Waker>>>,
 }
 
 impl Future for Sleep {
@@ -463,10 +465,18 @@ impl Future for Sleep {
         if core.now >= self.at {
             return Poll::Ready(());
         }
-        if !self.armed {
-            core.schedule(self.at, Event::Wake(cx.waker().clone()));
-            drop(core);
-            self.armed = true;
+        match &self.armed {
+            Some(waker) => lock(waker).clone_from(cx.waker()),
+            None => {
+                let waker = Arc::new(Mutex::new(cx.waker().clone()));
+                let timer = waker.clone();
+                core.schedule(
+                    self.at,
+                    Event::Run(Box::new(move || lock(&timer).wake_by_ref())),
+                );
+                drop(core);
+                self.armed = Some(waker);
+            }
         }
         Poll::Pending
     }

@@ -250,7 +250,6 @@ impl World {
             self.steps += 1;
             self.set_clocks(self.sim.now());
             match event {
-                Event::Wake(waker) => waker.wake(),
                 Event::Run(job) => job(),
                 Event::Fault(fault) => self.apply(fault),
             }
