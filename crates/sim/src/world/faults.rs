@@ -104,6 +104,27 @@ impl World {
                 // The hints it held are gone with the disk (their writes are on two
                 // other disks; anti-entropy spreads them).
                 core.hints.retain(|hint| hint.holder != index);
+                // So are the hints already handed off to it: what they carried is
+                // owed to it again only where another disk holds it (anti-entropy,
+                // checked by convergence and the acked-write checkers; an unacked
+                // write whose other copies a crash lost may be gone for good). Hints
+                // for it that their holder still stores must still reach it.
+                let engines = &self.engines;
+                core.hints.retain(|hint| {
+                    hint.target != index
+                        || ringkv_core::Key::from_stored(hint.key.clone())
+                            .ok()
+                            .and_then(|key| {
+                                use ringkv_storage::Engine as _;
+                                engines.get(hint.holder)?.hints_for_key(&key).ok()
+                            })
+                            .is_some_and(|held| {
+                                held.iter().any(|stored| {
+                                    stored.target == NodeId(index as u64)
+                                        && stored.record.context().includes(hint.record.context())
+                                })
+                            })
+                });
             }
             Fault::Join(index) => {
                 if lock(&self.sim.core).slots[index] != Slot::Spare {
