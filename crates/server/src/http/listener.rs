@@ -13,19 +13,13 @@
 //! trickling a header, give their slot back. (`axum::serve` cannot set this
 //! timeout, hence `serve` here, which runs hyper's HTTP/1 connections itself.)
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::Listener as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -53,7 +47,7 @@ pub async fn serve(
     let mut listener = listener;
     let mut connections = JoinSet::new();
     loop {
-        let (io, addr) = tokio::select! {
+        let (stream, addr, permit) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
@@ -62,11 +56,13 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            // The connection's slot, given back when it closes.
+            let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout);
-            let connection = builder.serve_connection(TokioIo::new(io), service);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -84,7 +80,7 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// A `TcpListener` that holds a permit per open connection.
+/// A `TcpListener` that hands out a permit per open connection.
 pub struct Limited {
     listener: TcpListener,
     permits: Arc<Semaphore>,
@@ -103,11 +99,10 @@ impl Limited {
     }
 }
 
-impl axum::serve::Listener for Limited {
-    type Io = Held;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Held, SocketAddr) {
+impl Limited {
+    /// Waits for a free slot, then for a client: its connection, and the permit it
+    /// holds until it closes.
+    async fn accept(&mut self) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -119,66 +114,10 @@ impl axum::serve::Listener for Limited {
                     .expect("the connection semaphore is never closed")
             }
         };
-        // axum's own accept: retries, and backs off on errors such as EMFILE.
+        // axum's accept: retries, and backs off on errors such as EMFILE.
         let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
         crate::socket::configure(&stream, "http");
-        (
-            Held {
-                stream,
-                _permit: permit,
-            },
-            addr,
-        )
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-}
-
-/// A client connection and its permit, given back when the connection is dropped.
-pub struct Held {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Held {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Held {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        (stream, addr, permit)
     }
 }
 
