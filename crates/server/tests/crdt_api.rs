@@ -5,37 +5,27 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on anything unexpected.
 
+mod common;
+
+use common::{TestNode, error_code as code};
 use reqwest::StatusCode;
-use ringkv_server::{Config, Server};
+use ringkv_server::Config;
 use serde_json::{Value, json};
 
-struct TestNode {
-    server: Option<Server>,
-    base: String,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
+/// A node with the default limits: CRDT states outgrow the 1 KiB values the other
+/// test binaries allow.
+async fn start() -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = Config::default();
+    let config = Config {
+        max_value_bytes: defaults.max_value_bytes,
+        max_key_bytes: defaults.max_key_bytes,
+        ..common::test_config(dir.path())
+    };
+    common::start_with(dir, config).await
 }
 
 impl TestNode {
-    async fn start() -> TestNode {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: dir.path().to_path_buf(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            peer_addr: "127.0.0.1:0".parse().unwrap(),
-            resp_addr: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
-        let server = Server::start(config).await.expect("server starts");
-        let base = format!("http://{}", server.http_addr());
-        TestNode {
-            server: Some(server),
-            base,
-            client: reqwest::Client::new(),
-            _dir: dir,
-        }
-    }
-
     async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let response = request.send().await.unwrap();
         let status = response.status();
@@ -45,15 +35,14 @@ impl TestNode {
     async fn post(&self, path: &str, body: &str) -> (StatusCode, Value) {
         let request = self
             .client
-            .post(format!("{}{path}", self.base))
+            .post(self.url(path))
             .header("content-type", "application/json")
             .body(body.to_owned());
         self.send(request).await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
+        self.send(self.client.get(self.url(path))).await
     }
 
     async fn value(&self, path: &str) -> Value {
@@ -61,16 +50,6 @@ impl TestNode {
         assert_eq!(status, 200, "{path}: {body}");
         body["value"].clone()
     }
-
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop().await;
-        }
-    }
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<none>")
 }
 
 fn message(body: &Value) -> &str {
@@ -79,7 +58,7 @@ fn message(body: &Value) -> &str {
 
 #[tokio::test]
 async fn every_type_applies_operations_and_reads_back() {
-    let node = TestNode::start().await;
+    let node = start().await;
     let ok = |(status, body): (StatusCode, Value)| assert_eq!(status, 200, "{body}");
     ok(node
         .post("/v1/crdt/gcounter/g", r#"{"increment": 5}"#)
@@ -137,7 +116,7 @@ async fn every_type_applies_operations_and_reads_back() {
 
 #[tokio::test]
 async fn a_key_holds_one_type() {
-    let node = TestNode::start().await;
+    let node = start().await;
     let put = node
         .client
         .put(format!("{}/v1/kv/plain", node.base))
@@ -176,7 +155,7 @@ async fn a_key_holds_one_type() {
 /// new one (of any type).
 #[tokio::test]
 async fn deleting_a_crdt_key_works_like_any_delete() {
-    let node = TestNode::start().await;
+    let node = start().await;
     for _ in 0..3 {
         assert_eq!(
             node.post("/v1/crdt/pncounter/c", r#"{"increment": 4}"#)
@@ -209,7 +188,7 @@ async fn deleting_a_crdt_key_works_like_any_delete() {
 
 #[tokio::test]
 async fn bad_operations_are_400_and_change_nothing() {
-    let node = TestNode::start().await;
+    let node = start().await;
     assert_eq!(
         node.post("/v1/crdt/gcounter/g", r#"{"increment": 1}"#)
             .await
@@ -285,7 +264,7 @@ async fn bad_operations_are_400_and_change_nothing() {
 /// key's lock: none is lost.
 #[tokio::test]
 async fn concurrent_increments_through_one_node_all_count() {
-    let node = std::sync::Arc::new(TestNode::start().await);
+    let node = std::sync::Arc::new(start().await);
     let mut tasks = Vec::new();
     for i in 0..40 {
         let node = node.clone();

@@ -80,6 +80,34 @@ async fn put_until(
     unreachable!("the attempts are unbounded; the deadline ends them")
 }
 
+/// The start of a RESP command announcing 100 arguments of 1,000 bytes: its first
+/// `args` of them.
+fn partial_command(args: usize) -> Vec<u8> {
+    let mut command = b"*100\r\n".to_vec();
+    for _ in 0..args {
+        command.extend_from_slice(b"$1000\r\n");
+        command.extend_from_slice(&[b'x'; 1000]);
+        command.extend_from_slice(b"\r\n");
+    }
+    command
+}
+
+/// Everything `stream` sends until it closes (10 s at most).
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    read.await.expect("closed within 10 s").unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends `PING` on `stream` and checks the answer is `+PONG`.
+async fn ping(stream: &mut TcpStream) {
+    stream.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    stream.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+}
+
 /// Request bodies count against the node's budget (`max_buffered_request_bytes`)
 /// from before their first byte is read until they are answered: a slow sender
 /// holds its whole announced length, a body the rest of the budget cannot hold gets
@@ -131,19 +159,10 @@ async fn bodies_beyond_the_nodes_buffer_budget_are_503_until_shares_come_back() 
 async fn large_resp_commands_draw_on_the_same_budget() {
     let node = start_budgeted().await;
     let resp = node.server.as_ref().unwrap().resp_addr();
-    // 90 of the 100 announced arguments of 1,000 bytes: ~90 KB buffered, ~74 KB of
-    // it past the first 16 KiB.
-    let partial = |args: usize| {
-        let mut command = b"*100\r\n".to_vec();
-        for _ in 0..args {
-            command.extend_from_slice(b"$1000\r\n");
-            command.extend_from_slice(&[b'x'; 1000]);
-            command.extend_from_slice(b"\r\n");
-        }
-        command
-    };
+    // 90 of the 100 announced arguments: ~90 KB buffered, ~74 KB of it past the
+    // first 16 KiB.
     let mut first = TcpStream::connect(resp).await.unwrap();
-    first.write_all(&partial(90)).await.unwrap();
+    first.write_all(&partial_command(90)).await.unwrap();
     // Once the first client's command holds its share, a 50 KB HTTP body no longer
     // fits...
     put_until(
@@ -157,20 +176,12 @@ async fn large_resp_commands_draw_on_the_same_budget() {
     .await;
     // ...nor does a second large RESP command: refused, then closed.
     let mut second = TcpStream::connect(resp).await.unwrap();
-    second.write_all(&partial(90)).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut answer));
-    read.await
-        .expect("the refused client is closed")
-        .unwrap_or_default();
-    let answer = String::from_utf8_lossy(&answer);
+    second.write_all(&partial_command(90)).await.unwrap();
+    let answer = read_until_closed(&mut second).await;
     assert!(answer.starts_with("-ERR overloaded"), "{answer}");
     // Small commands are untouched by the budget.
     let mut small = TcpStream::connect(resp).await.unwrap();
-    small.write_all(b"PING\r\n").await.unwrap();
-    let mut pong = [0u8; 7];
-    small.read_exact(&mut pong).await.unwrap();
-    assert_eq!(&pong, b"+PONG\r\n");
+    ping(&mut small).await;
     // The first client leaves: its share comes back.
     drop(first);
     put_until(
@@ -192,14 +203,6 @@ async fn start_impatient() -> TestNode {
     config.max_buffered_request_bytes = 100_000;
     config.request_stall_timeout_ms = 300;
     start_with(dir, config).await
-}
-
-/// Everything `stream` sends until it closes (10 s at most).
-async fn read_until_closed(stream: &mut TcpStream) -> String {
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
-    read.await.expect("closed within 10 s").unwrap_or_default();
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// A client that stops sending a body it started (it died, or its network did,
@@ -234,16 +237,9 @@ async fn a_stalled_resp_command_is_refused_and_its_share_comes_back() {
     let node = start_impatient().await;
     let resp = node.server.as_ref().unwrap().resp_addr();
     let mut idle = TcpStream::connect(resp).await.unwrap();
-    idle.write_all(b"PING\r\n").await.unwrap();
-    let mut pong = [0u8; 7];
-    idle.read_exact(&mut pong).await.unwrap();
-    // 60 of 100 announced arguments of 1,000 bytes, then nothing.
-    let mut command = b"*100\r\n".to_vec();
-    for _ in 0..60 {
-        command.extend_from_slice(b"$1000\r\n");
-        command.extend_from_slice(&[b'x'; 1000]);
-        command.extend_from_slice(b"\r\n");
-    }
+    ping(&mut idle).await;
+    // 60 of the 100 announced arguments, then nothing.
+    let command = partial_command(60);
     let mut stalled = TcpStream::connect(resp).await.unwrap();
     let started = Instant::now();
     stalled.write_all(&command).await.unwrap();
@@ -253,8 +249,6 @@ async fn a_stalled_resp_command_is_refused_and_its_share_comes_back() {
     // Its share is back: the largest body fits beside a second one.
     assert_eq!(put(&node, "after", 60_000).await.status(), 200);
     // The idle client, silent for longer than the timeout, still gets answers.
-    idle.write_all(b"PING\r\n").await.unwrap();
-    idle.read_exact(&mut pong).await.unwrap();
-    assert_eq!(&pong, b"+PONG\r\n");
+    ping(&mut idle).await;
     node.stop().await;
 }
